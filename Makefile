@@ -1,0 +1,47 @@
+# The course's commands. Each creates .venv and installs the course into it when missing.
+#   make course [PROFILE=auto|tiny|t4|...]   run every chapter into build/ and print the table
+#   make test                                the whole test suite (what CI runs)
+#   make lab                                 JupyterLab on chapters/
+#   make doctor                              check this machine
+PYTHON ?= python3
+# The torch wheel to install when .venv has none (CI machines have 2.13.0's CPU build on disk).
+TORCH ?= torch==2.13.0
+PROFILE ?= auto
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.course-installed
+# Tests must never reach a hub; progress bars would only clutter the logs.
+TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 \
+	HF_HUB_DISABLE_PROGRESS_BARS=1 COURSE_RESULTS=build/test-results.json
+
+.PHONY: course test lab doctor lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[test]"
+	touch $(STAMP)
+
+course: $(STAMP)
+	$(BIN)/python -m helpers.course run --profile $(PROFILE)
+
+test: $(STAMP)
+	rm -rf build/test-notebooks build/test-results.json
+	$(BIN)/python -m helpers.course prepare build/test-notebooks --profile tiny
+	$(TEST_ENV) $(BIN)/python -m pytest -p no:cacheprovider tests build/test-notebooks \
+		--nbval-lax --nbval-current-env --nbval-cell-timeout=600 \
+		--nbval-sanitize-with tests/nbval_sanitize.cfg
+
+lint: $(STAMP)
+	$(BIN)/ruff check helpers solutions tests data chapters
+	$(BIN)/ruff format --check helpers solutions tests data
+
+lab: $(STAMP)
+	$(BIN)/python -c "import jupyterlab" 2>/dev/null || $(BIN)/pip install -q -e ".[lab]"
+	$(BIN)/jupyter lab chapters/
+
+doctor: $(STAMP)
+	$(BIN)/python -m helpers.doctor
+
+clean:
+	rm -rf build

@@ -1,0 +1,140 @@
+"""Run the chapters with papermill: the whole course, a test copy, or one chapter in place.
+
+    python -m helpers.course run [--profile auto] [CHAPTER ...]   # make course
+    python -m helpers.course prepare OUT_DIR [--profile tiny]     # copies for the test suite
+    python -m helpers.course refresh chapters/NN_x.ipynb ...      # re-run a chapter in place
+
+``run`` executes each chapter into ``build/``, times it, and prints a table with the numbers
+each chapter recorded through ``helpers.report`` (also in ``build/results.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import papermill
+
+from helpers.paths import CHAPTERS_DIR, build_dir
+from helpers.report import load_results, results_path
+
+KERNEL = "python3"
+
+
+def chapters(names: list[str] | None = None) -> list[Path]:
+    """Chapter notebooks by stem prefix ("01", "01_quantization") or all of them, in order."""
+    every = sorted(CHAPTERS_DIR.glob("[0-9][0-9]_*.ipynb"))
+    if not names:
+        return every
+    picked = [p for p in every if any(p.stem.startswith(n) for n in names)]
+    if len(picked) == 0:
+        raise SystemExit(f"No chapter matches {names}; chapters: {[p.stem for p in every]}")
+    return picked
+
+
+def check_parameters(path: Path, parameters: dict) -> None:
+    """Papermill only warns on an unknown parameter (a typo keeps the default): refuse it."""
+    known = {p["name"] for p in papermill.inspect_notebook(str(path)).values()}
+    unknown = sorted(set(parameters) - known)
+    if unknown:
+        raise ValueError(
+            f"{path.name}: unknown parameter(s) {unknown}; "
+            f"its parameters cell defines {sorted(known)}"
+        )
+
+
+def strip_metadata(nb) -> None:
+    """Drop what changes on every run and teaches nothing (timings, papermill, widget state)."""
+    for key in ("papermill", "widgets"):
+        nb.metadata.pop(key, None)
+    nb.cells = [
+        c for c in nb.cells if "injected-parameters" not in c.get("metadata", {}).get("tags", [])
+    ]
+    for cell in nb.cells:
+        for key in ("papermill", "execution"):
+            cell.metadata.pop(key, None)
+
+
+def execute(path: Path, out: Path, parameters: dict, prepare_only: bool = False) -> None:
+    check_parameters(path, parameters)
+    papermill.execute_notebook(
+        str(path),
+        str(out),
+        parameters=parameters,
+        kernel_name=KERNEL,
+        cwd=str(path.parent),
+        progress_bar=False,
+        prepare_only=prepare_only,
+    )
+
+
+def _headline(numbers: dict, width: int = 70) -> str:
+    parts = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in numbers.items()]
+    text = ", ".join(parts)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def run(profile: str, names: list[str] | None) -> int:
+    """Execute chapters into build/, print the table; return the number that failed."""
+    out_dir = build_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for path in chapters(names):
+        start, status = time.perf_counter(), "ok"
+        try:
+            execute(path, out_dir / path.name, {"PROFILE": profile})
+        except Exception as err:  # noqa: BLE001 - a failed chapter is reported, not fatal
+            status = f"FAILED: {type(err).__name__}"
+            print(f"{path.name}: {err}", file=sys.stderr)
+        rows.append((path.stem, time.perf_counter() - start, status))
+    results = load_results()
+    print(f"\n{'chapter':<28} {'profile':<8} {'wall s':>7}  {'status':<8} headline numbers")
+    for stem, seconds, status in rows:
+        print(
+            f"{stem:<28} {profile:<8} {seconds:7.1f}  {status:<8} "
+            f"{_headline(results.get(stem, {}))}"
+        )
+    print(f"\nexecuted notebooks in {out_dir}/, numbers in {results_path()}")
+    return sum(status != "ok" for _, _, status in rows)
+
+
+def refresh(paths: list[Path]) -> None:
+    """Execute chapters in place (auto profile: tiny on a CPU) and strip noisy metadata."""
+    for path in paths:
+        start = time.perf_counter()
+        execute(path, path, {})
+        nb = nbformat.read(path, as_version=4)
+        strip_metadata(nb)
+        nbformat.write(nb, path)
+        print(f"{path}: executed in {time.perf_counter() - start:.1f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m helpers.course", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_run = sub.add_parser("run", help="execute chapters into build/ and print the table")
+    p_run.add_argument("--profile", default=os.environ.get("PROFILE") or "auto")
+    p_run.add_argument("chapters", nargs="*")
+    p_prep = sub.add_parser("prepare", help="copy chapters with injected parameters")
+    p_prep.add_argument("out_dir", type=Path)
+    p_prep.add_argument("--profile", default="tiny")
+    p_ref = sub.add_parser("refresh", help="re-run chapters in place and strip metadata")
+    p_ref.add_argument("paths", nargs="+", type=Path)
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return 1 if run(args.profile, args.chapters) else 0
+    if args.command == "prepare":
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        for path in chapters():
+            execute(path, args.out_dir / path.name, {"PROFILE": args.profile}, True)
+        return 0
+    refresh(args.paths)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

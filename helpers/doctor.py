@@ -1,0 +1,169 @@
+"""Check a machine for the course: ``python -m helpers.doctor [--json] [--profile NAME]``.
+
+Prints versions, platform, device, the profile ``auto`` picks and why, warnings that say what
+to do, and a self-test on the shipped tiny model (forward and backward, a 4-bit load through
+bitsandbytes, one LoRA step through peft). Exits non-zero when anything fails, so an instructor
+can run it on every machine in the room before a workshop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+from helpers.hardware import Hardware, detect
+from helpers.profiles import UnsupportedHardwareError, get_profile, resolve_profile
+
+PACKAGES = (
+    "torch",
+    "transformers",
+    "peft",
+    "bitsandbytes",
+    "accelerate",
+    "datasets",
+    "safetensors",
+    "tokenizers",
+    "papermill",
+    "nbval",
+)
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def warnings_for(hw: Hardware) -> list[str]:
+    """Advice for this machine, each saying what to do."""
+    out = []
+    if hw.device == "cuda" and not hw.torch_supports_gpu:
+        out.append(
+            f"This torch build has no kernels for the {hw.gpu_name} ({hw.sm}). On "
+            "Kaggle, switch Settings > Accelerator to 'GPU T4 x2'."
+        )
+    if hw.device == "cuda" and not hw.bf16_native:
+        out.append(
+            f"The {hw.gpu_name} has no native bf16: train in fp16 with loss scaling "
+            "(the t4 profile does); bf16 here would be emulated and slow."
+        )
+    if hw.device == "cpu":
+        out.append(
+            "No CUDA GPU: chapters run the tiny profile on the CPU (seconds each). "
+            "On Colab pick Runtime > Change runtime type > T4 GPU for the real models."
+        )
+    if hw.platform == "colab":
+        out.append("Colab can disconnect: point chapter 03's CHECKPOINT_DIR at Google Drive.")
+    return out
+
+
+def _self_test_steps() -> list[tuple[str, Callable[[], None]]]:
+    from peft import LoraConfig, get_peft_model
+
+    from helpers.models import load_model
+
+    tiny = get_profile("tiny")
+
+    def forward_backward():
+        model, tok = load_model(tiny)
+        batch = tok(["The parcel arrived two days early."], return_tensors="pt")
+        model(**batch, labels=batch["input_ids"]).loss.backward()
+
+    def four_bit_load():
+        model, tok = load_model(tiny, load_in_4bit=True)
+        batch = tok(["The invoice shows a fee."], return_tensors="pt")
+        with torch.no_grad():
+            assert torch.isfinite(model(**batch).logits).all(), "non-finite 4-bit logits"
+
+    def lora_step():
+        model, tok = load_model(tiny)
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]))
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+        batch = tok(["I returned the kettle."], return_tensors="pt")
+        model(**batch, labels=batch["input_ids"]).loss.backward()
+        opt.step()
+
+    return [
+        ("tiny model forward + backward", forward_backward),
+        ("4-bit load through bitsandbytes", four_bit_load),
+        ("LoRA step through peft", lora_step),
+    ]
+
+
+def self_test() -> list[dict]:
+    results = []
+    for name, step in _self_test_steps():
+        start = time.perf_counter()
+        try:
+            step()
+            ok, detail = True, ""
+        except Exception as err:  # noqa: BLE001 - every failure is reported, none is fatal
+            ok, detail = False, f"{type(err).__name__}: {err}"
+        results.append(
+            {
+                "check": name,
+                "ok": ok,
+                "seconds": round(time.perf_counter() - start, 2),
+                "detail": detail,
+            }
+        )
+    return results
+
+
+def diagnose(profile_name: str = "auto") -> dict:
+    hw = detect()
+    report = {"versions": versions(), "hardware": hw.to_dict(), "warnings": warnings_for(hw)}
+    try:
+        profile, why = resolve_profile(profile_name, hw=hw)
+        report["profile"], report["profile_reason"] = profile.name, why
+    except (UnsupportedHardwareError, ValueError) as err:
+        report["profile"], report["profile_reason"] = None, str(err)
+    report["self_test"] = self_test()
+    report["ok"] = report["profile"] is not None and all(t["ok"] for t in report["self_test"])
+    return report
+
+
+def print_report(report: dict) -> None:
+    hw = report["hardware"]
+    print("Course doctor")
+    print("  versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()))
+    gpu = f"{hw['gpu_name']} ({hw['sm']}), " if hw["device"] == "cuda" else ""
+    print(
+        f"  platform: {hw['platform']}; device: {hw['device']}; {gpu}"
+        f"memory {hw['total_memory_gb']:.1f} GiB; bf16 native: {hw['bf16_native']}"
+    )
+    print(f"  profile: {report['profile']} ({report['profile_reason']})")
+    for text in report["warnings"]:
+        print(f"  note: {text}")
+    for t in report["self_test"]:
+        mark = "ok  " if t["ok"] else "FAIL"
+        print(f"  [{mark}] {t['check']} ({t['seconds']} s) {t['detail']}")
+    print("All checks passed." if report["ok"] else "Some checks failed: see above.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m helpers.doctor", description=__doc__)
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--profile", default="auto", help="profile to check (default: auto)")
+    args = parser.parse_args(argv)
+    report = diagnose(args.profile)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_report(report)
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""What machine is this? Platform, device, memory, and what this torch build can run on it.
+
+Everything the profiles and the doctor decide comes from one ``Hardware`` record, so tests can
+fake any machine (a T4, a P100 whose torch build has no sm_60 kernels, an A100, a CPU) by
+building the record by hand.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """A snapshot of the machine.
+
+    Attributes:
+        platform: "colab", "kaggle", "binder", "ci" or "local".
+        device: "cuda" or "cpu".
+        gpu_name: e.g. "Tesla T4"; "" without a GPU.
+        capability: CUDA compute capability as (major, minor); None without a GPU.
+        total_memory_gb / free_memory_gb: GPU memory (GiB) or, on a CPU, system RAM.
+        bf16_native: the GPU computes bf16 in hardware (not through emulation).
+        arch_list: the GPU architectures this torch build ships kernels for ("sm_75", ...).
+        cpu_count: logical CPUs.
+    """
+
+    platform: str = "local"
+    device: str = "cpu"
+    gpu_name: str = ""
+    capability: tuple[int, int] | None = None
+    total_memory_gb: float = 0.0
+    free_memory_gb: float = 0.0
+    bf16_native: bool = False
+    arch_list: tuple[str, ...] = field(default_factory=tuple)
+    cpu_count: int = 1
+
+    @property
+    def sm(self) -> str:
+        """The GPU's architecture name, e.g. "sm_75" for a T4; "" without a GPU."""
+        return f"sm_{self.capability[0]}{self.capability[1]}" if self.capability else ""
+
+    @property
+    def torch_supports_gpu(self) -> bool:
+        """Whether this torch build has kernels for this GPU.
+
+        A build runs on a GPU when its arch list holds the GPU's exact sm, or a compute_XY
+        entry (PTX) at or below it that the driver can compile just in time.
+        """
+        if not self.capability:
+            return False
+        if not self.arch_list or self.sm in self.arch_list:
+            return True
+        major, minor = self.capability
+        ptx = [a for a in self.arch_list if a.startswith("compute_")]
+        return any(int(a.split("_")[1]) <= major * 10 + minor for a in ptx)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "sm": self.sm, "torch_supports_gpu": self.torch_supports_gpu}
+
+
+def detect_platform(environ: dict[str, str] | None = None) -> str:
+    """Name the platform from environment variables each service sets."""
+    env = os.environ if environ is None else environ
+    if "COLAB_RELEASE_TAG" in env or "COLAB_GPU" in env:
+        return "colab"
+    if "KAGGLE_KERNEL_RUN_TYPE" in env or "KAGGLE_URL_BASE" in env:
+        return "kaggle"
+    if "BINDER_SERVICE_HOST" in env or "BINDER_REQUEST" in env:
+        return "binder"
+    if env.get("CI", "").lower() in ("1", "true", "yes"):
+        return "ci"
+    return "local"
+
+
+def _cpu_memory_gb() -> tuple[float, float]:
+    """Total and available system RAM in GiB (Linux /proc/meminfo; zeros elsewhere)."""
+    try:
+        info = dict(line.split(":", 1) for line in open("/proc/meminfo").read().splitlines())
+        kib = {k: int(v.split()[0]) for k, v in info.items() if v.strip().endswith("kB")}
+        return kib["MemTotal"] / 1024**2, kib.get("MemAvailable", kib["MemFree"]) / 1024**2
+    except (OSError, KeyError, ValueError):
+        return 0.0, 0.0
+
+
+def detect() -> Hardware:
+    """Read the real machine."""
+    common = {"platform": detect_platform(), "cpu_count": os.cpu_count() or 1}
+    if not torch.cuda.is_available():
+        total, free = _cpu_memory_gb()
+        return Hardware(device="cpu", total_memory_gb=total, free_memory_gb=free, **common)
+    props = torch.cuda.get_device_properties(0)
+    free_bytes, total_bytes = torch.cuda.mem_get_info(0)
+    return Hardware(
+        device="cuda",
+        gpu_name=props.name,
+        capability=(props.major, props.minor),
+        total_memory_gb=total_bytes / GIB,
+        free_memory_gb=free_bytes / GIB,
+        # A T4 reports bf16 as supported through emulation; only native support counts here.
+        bf16_native=torch.cuda.is_bf16_supported(including_emulation=False),
+        arch_list=tuple(torch.cuda.get_arch_list()),
+        **common,
+    )

@@ -1,0 +1,211 @@
+"""Named run profiles: which model, in which dtypes, at which sizes, for how many steps.
+
+A profile is data. Chapters read everything from it (``profile.max_steps``, ...), so the same
+notebook runs the shipped tiny model on a CPU and a real model on a T4. ``auto`` picks one from
+the hardware and says why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+import torch
+
+from helpers.hardware import Hardware, detect
+from helpers.paths import TINY_MODEL_DIR
+
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One run configuration. Sizes use the course's glossary names."""
+
+    name: str
+    model_id: str
+    compute_dtype: str  # "float32" | "float16" | "bfloat16"
+    load_in_4bit: bool
+    max_seq_len: int
+    micro_batch_size: int
+    grad_accum_steps: int
+    max_steps: int
+    lr: float
+    lora_r: int
+    lora_alpha: int
+    target_modules: tuple[str, ...]
+    eval_examples: int
+    gradient_checkpointing: bool
+    min_gpu_memory_gb: float
+    description: str
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.compute_dtype)
+
+    @property
+    def is_local(self) -> bool:
+        """True when the model ships with the course (no hub needed)."""
+        return self.model_id == str(TINY_MODEL_DIR)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PROFILES: dict[str, Profile] = {
+    p.name: p
+    for p in [
+        Profile(
+            name="tiny",
+            model_id=str(TINY_MODEL_DIR),
+            compute_dtype="float32",
+            load_in_4bit=False,
+            max_seq_len=128,
+            micro_batch_size=8,
+            grad_accum_steps=1,
+            max_steps=60,
+            lr=2e-3,
+            lora_r=8,
+            lora_alpha=16,
+            target_modules=ALL_LINEAR,
+            eval_examples=50,
+            gradient_checkpointing=False,
+            min_gpu_memory_gb=0.0,
+            # fp32 because bf16 matmul is ~35x slower than fp32 on the CI CPU (DESIGN.md).
+            description="the shipped 3.4M-parameter Llama, fp32 on a CPU, seconds per chapter",
+        ),
+        Profile(
+            name="gpu-4gb",
+            model_id="Qwen/Qwen2.5-0.5B-Instruct",
+            compute_dtype="float16",
+            load_in_4bit=True,
+            max_seq_len=256,
+            micro_batch_size=2,
+            grad_accum_steps=8,
+            max_steps=100,
+            lr=2e-4,
+            lora_r=16,
+            lora_alpha=32,
+            target_modules=ALL_LINEAR,
+            eval_examples=100,
+            gradient_checkpointing=True,
+            min_gpu_memory_gb=3.5,
+            description="0.5B model, 4-bit base, fp16, checkpointing: a 4 GB GTX 1650-class card",
+        ),
+        Profile(
+            name="t4",
+            model_id="Qwen/Qwen2.5-1.5B-Instruct",
+            compute_dtype="float16",
+            load_in_4bit=True,
+            max_seq_len=512,
+            micro_batch_size=8,
+            grad_accum_steps=2,
+            max_steps=100,
+            lr=2e-4,
+            lora_r=16,
+            lora_alpha=32,
+            target_modules=ALL_LINEAR,
+            eval_examples=200,
+            gradient_checkpointing=True,
+            min_gpu_memory_gb=12.0,
+            # A T4 (compute capability 7.5) has no native bf16: fp16 compute with loss scaling.
+            description="1.5B model, 4-bit NF4 base, fp16 compute: a free Colab or Kaggle T4",
+        ),
+        Profile(
+            name="t4-8b",
+            model_id="Qwen/Qwen2.5-7B-Instruct",
+            compute_dtype="float16",
+            load_in_4bit=True,
+            max_seq_len=512,
+            micro_batch_size=1,
+            grad_accum_steps=16,
+            max_steps=60,
+            lr=1e-4,
+            lora_r=16,
+            lora_alpha=32,
+            target_modules=ALL_LINEAR,
+            eval_examples=100,
+            gradient_checkpointing=True,
+            min_gpu_memory_gb=12.0,
+            description="7.6B model, QLoRA with checkpointing, micro-batch 1: a T4's 15 GB",
+        ),
+        Profile(
+            name="gpu-bf16",
+            model_id="Qwen/Qwen2.5-1.5B-Instruct",
+            compute_dtype="bfloat16",
+            load_in_4bit=True,
+            max_seq_len=512,
+            micro_batch_size=8,
+            grad_accum_steps=2,
+            max_steps=100,
+            lr=2e-4,
+            lora_r=16,
+            lora_alpha=32,
+            target_modules=ALL_LINEAR,
+            eval_examples=200,
+            gradient_checkpointing=True,
+            min_gpu_memory_gb=12.0,
+            description="as t4, in bf16, for GPUs with native bf16 (Ampere or newer, 12+ GB)",
+        ),
+    ]
+}
+
+
+class UnsupportedHardwareError(RuntimeError):
+    """The machine cannot run the course's GPU profiles; the message says what to do."""
+
+
+def choose_profile(hw: Hardware) -> tuple[str, str]:
+    """Pick a profile name for this hardware and say why.
+
+    Raises:
+        UnsupportedHardwareError: a GPU this torch build has no kernels for (e.g. a P100).
+    """
+    if hw.device != "cuda":
+        return "tiny", "no CUDA GPU: the shipped tiny model, in fp32 on the CPU"
+    if not hw.torch_supports_gpu:
+        raise UnsupportedHardwareError(
+            f"This torch build has no kernels for the {hw.gpu_name} ({hw.sm}); it ships "
+            f"{', '.join(hw.arch_list)}. On Kaggle, set Settings > Accelerator to 'GPU T4 x2'; "
+            "elsewhere use a GPU of compute capability 7.0 or newer, or PROFILE='tiny'."
+        )
+    gb = hw.total_memory_gb
+    if gb < PROFILES["t4"].min_gpu_memory_gb:
+        if gb < PROFILES["gpu-4gb"].min_gpu_memory_gb:
+            raise UnsupportedHardwareError(
+                f"The {hw.gpu_name} has {gb:.1f} GiB; the smallest GPU profile needs "
+                f"{PROFILES['gpu-4gb'].min_gpu_memory_gb} GiB. Use PROFILE='tiny'."
+            )
+        return "gpu-4gb", f"{hw.gpu_name} with {gb:.1f} GiB: the small-card profile"
+    if hw.bf16_native:
+        return "gpu-bf16", f"{hw.gpu_name} ({hw.sm}) has native bf16 and {gb:.1f} GiB"
+    return "t4", f"{hw.gpu_name} ({hw.sm}) has no native bf16: fp16 compute, {gb:.1f} GiB"
+
+
+def resolve_profile(name: str = "auto", hw: Hardware | None = None, **overrides):
+    """Return ``(profile, reason)`` for a profile name or ``"auto"``.
+
+    Args:
+        name: a key of ``PROFILES`` or ``"auto"``.
+        hw: the hardware to choose from (detected when omitted).
+        **overrides: fields to replace, e.g. ``max_steps=10``; ``None`` values are ignored.
+    Raises:
+        ValueError: an unknown profile name or field (the message lists the valid ones).
+    """
+    if name == "auto":
+        name, reason = choose_profile(hw or detect())
+    elif name in PROFILES:
+        reason = f"asked for by name: {PROFILES[name].description}"
+    else:
+        valid = ", ".join(["auto", *PROFILES])
+        raise ValueError(f"Unknown profile {name!r}. Valid profiles: {valid}.")
+    fields = set(Profile.__dataclass_fields__)
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"Unknown profile field(s) {unknown}. Valid fields: {sorted(fields)}.")
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    return replace(PROFILES[name], **changes), reason
+
+
+def get_profile(name: str = "auto", **overrides) -> Profile:
+    """The profile alone (see ``resolve_profile``)."""
+    return resolve_profile(name, **overrides)[0]

@@ -1,0 +1,62 @@
+"""Record a chapter's headline numbers in ``build/results.json``.
+
+Each chapter calls ``set_chapter("02_lora")`` once, then ``record(name, value)`` for every
+number it wants in the course table. Values come from the run; nothing is typed in by hand.
+``COURSE_RESULTS`` moves the file (the test suite writes elsewhere, so tests never overwrite
+the results of ``make course``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+from helpers.paths import build_dir
+
+_chapter: str | None = None
+
+
+def results_path() -> Path:
+    return Path(os.environ.get("COURSE_RESULTS", build_dir() / "results.json"))
+
+
+def set_chapter(stem: str) -> None:
+    """Name the chapter whose numbers the following ``record`` calls store."""
+    global _chapter
+    _chapter = stem
+
+
+def load_results(path: Path | None = None) -> dict:
+    """All recorded numbers: ``{chapter: {metric: value}}`` (empty when none yet)."""
+    path = path or results_path()
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _plain(value):
+    """A JSON-ready copy of a number, bool or string (tensors and numpy scalars included)."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, bool | int | str) or value is None:
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    raise TypeError(f"record() takes a number, bool or string, got {type(value).__name__}")
+
+
+def record(name: str, value):
+    """Store one number for the current chapter, print it, and return it unchanged."""
+    if _chapter is None:
+        raise RuntimeError("Call helpers.report.set_chapter('<chapter stem>') before record().")
+    path = results_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    results = load_results(path)
+    results.setdefault(_chapter, {})[name] = _plain(value)
+    # Write to a temporary file and rename it, so a crash never leaves half a JSON file.
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
+        json.dump(results, f, indent=2, sort_keys=True)
+    os.replace(f.name, path)
+    print(f"recorded {name} = {_plain(value)}")
+    return value

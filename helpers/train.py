@@ -1,0 +1,94 @@
+"""A short, plain training loop for causal-LM fine-tuning, shared by the chapters.
+
+Gradient accumulation divides the summed token losses of the whole window by the window's
+number of target tokens, so k micro-batches give the full batch's gradient (chapter 04 shows
+why averaging per-micro-batch means does not).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from helpers.data import IGNORE_INDEX, Collator
+
+
+def _batches(dataset, collate: Collator, micro_batch_size: int, seed: int):
+    """Yield collated micro-batches forever, reshuffling each epoch (seeded)."""
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(len(dataset), generator=gen).tolist()
+        for start in range(0, len(order) - micro_batch_size + 1, micro_batch_size):
+            yield collate([dataset[i] for i in order[start : start + micro_batch_size]])
+
+
+def token_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum of next-token cross-entropies over the batch's target tokens."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    # Position t predicts token t + 1: drop the last logit and the first label.
+    logits, labels = logits[:, :-1].float(), batch["labels"][:, 1:]  # (B, T-1, V), (B, T-1)
+    return F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)),
+        labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+
+
+def train(
+    model,
+    tokenizer,
+    dataset,
+    *,
+    max_steps: int,
+    micro_batch_size: int,
+    lr: float,
+    grad_accum_steps: int = 1,
+    max_seq_len: int = 128,
+    seed: int = 0,
+    progress: bool = True,
+    optimizer: torch.optim.Optimizer | None = None,
+    mixed_precision: str | None = None,
+) -> list[float]:
+    """Train the model's trainable parameters; return the loss of every optimizer step.
+
+    Args:
+        dataset: prompt/completion records (see helpers.data).
+        max_steps: optimizer steps; each sees ``micro_batch_size * grad_accum_steps`` records.
+        optimizer: defaults to AdamW(lr) over the parameters with ``requires_grad``.
+        mixed_precision: "fp16" (autocast + loss scaling, for a T4) or "bf16" (autocast) on a
+            GPU; None computes in the weights' own dtype.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("The model has no trainable parameters: add adapters or unfreeze.")
+    opt = optimizer or torch.optim.AdamW(params, lr=lr)
+    device = next(model.parameters()).device
+    amp = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision or "")
+    scaler = torch.amp.GradScaler("cuda", enabled=mixed_precision == "fp16")
+    batches = _batches(dataset, Collator(tokenizer, max_seq_len), micro_batch_size, seed)
+    model.train()
+    losses: list[float] = []
+    bar = tqdm(range(max_steps), desc="training", disable=not progress)
+    for _ in bar:
+        window = [
+            {k: v.to(device) for k, v in next(batches).items()} for _ in range(grad_accum_steps)
+        ]
+        n_targets = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in window)
+        total = 0.0
+        for batch in window:
+            ctx = torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext()
+            with ctx:
+                loss = token_loss_sum(model, batch) / n_targets
+            scaler.scale(loss).backward()
+            total += loss.item()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        losses.append(total)
+        bar.set_postfix(loss=f"{total:.3f}")
+    model.eval()
+    return losses

@@ -1,0 +1,97 @@
+"""Models load offline, an unreachable hub id says what to do, results are recorded, the
+exercise runner reports all three outcomes, and chapters follow the notebook rules."""
+
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+import torch
+
+from helpers import report
+from helpers.course import chapters, check_parameters
+from helpers.exercises import ExerciseFailed, check
+from helpers.models import ModelUnavailableError, load_model
+from helpers.notebook import SETUP_CELL, setup_cells
+from helpers.profiles import get_profile
+
+
+def test_tiny_model_loads_offline_and_is_small(tiny_profile):
+    model, tok = load_model(tiny_profile)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert 1_000_000 <= n_params <= 10_000_000
+    assert model.config.hidden_size % 64 == 0 and model.config.intermediate_size % 64 == 0
+    assert len(tok) <= 4096 and tok.chat_template
+    out = model(**tok(["The parcel is late."], return_tensors="pt"))
+    assert torch.isfinite(out.logits).all()
+
+
+def test_tiny_model_loads_in_4bit_on_cpu(tiny_profile):
+    import bitsandbytes as bnb
+
+    model, _ = load_model(tiny_profile, load_in_4bit=True)
+    assert isinstance(model.model.layers[0].self_attn.q_proj, bnb.nn.Linear4bit)
+
+
+def test_unreachable_hub_id_names_the_tiny_profile():
+    profile = get_profile("t4", model_id="course-test/does-not-exist-anywhere")
+    with pytest.raises(ModelUnavailableError) as err:
+        load_model(profile)
+    assert "does-not-exist-anywhere" in str(err.value) and "PROFILE='tiny'" in str(err.value)
+
+
+def test_record_writes_json_and_needs_a_chapter(tmp_path):
+    report._chapter = None
+    with pytest.raises(RuntimeError, match="set_chapter"):
+        report.record("x", 1)
+    report.set_chapter("99_test")
+    assert report.record("ppl", torch.tensor(3.5)) == torch.tensor(3.5)
+    report.record("ok", True)
+    saved = json.loads(report.results_path().read_text())
+    assert saved == {"99_test": {"ok": True, "ppl": 3.5}}
+    with pytest.raises(TypeError):
+        report.record("bad", [1, 2])
+
+
+def test_exercise_runner_outcomes(capsys):
+    def checker(fn):
+        assert fn(2) == 4, "double 2 should give 4"
+
+    def stub(x):
+        raise NotImplementedError
+
+    assert check("double", stub, checker) is False
+    assert "not attempted" in capsys.readouterr().out
+    assert check("double", lambda x: 2 * x, checker) is True
+    with pytest.raises(ExerciseFailed, match="double 2 should give 4"):
+        check("double", lambda x: x + 1, checker)
+
+
+def test_every_chapter_follows_the_notebook_rules():
+    found = chapters()
+    assert found, "no chapters found"
+    for path in found:
+        nb = nbformat.read(path, as_version=4)
+        assert nb.metadata.kernelspec.name == "python3", path
+        tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1 and 'PROFILE = "auto"' in tagged[0].source, path
+        cells = setup_cells(nb)
+        assert len(cells) == 1 and cells[0].source == SETUP_CELL, (
+            f"{path}: run `python -m helpers.notebook sync`"
+        )
+        errors = [
+            o
+            for c in nb.cells
+            if c.cell_type == "code"
+            for o in c.outputs
+            if o.output_type == "error"
+        ]
+        assert not errors, f"{path} was committed with error outputs"
+
+
+def test_unknown_papermill_parameter_is_refused():
+    path = chapters()[0]
+    check_parameters(path, {"PROFILE": "tiny"})
+    with pytest.raises(ValueError, match="PROFLE"):
+        check_parameters(path, {"PROFLE": "tiny"})
