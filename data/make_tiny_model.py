@@ -138,7 +138,7 @@ offline on a CPU. Made by `data/make_tiny_model.py` from `data/corpus/pretrain.t
 ran out of merges below the {VOCAB_SIZE:,} asked for), chat template |
 | pretraining | {log["steps"]} steps of {log["batch_size"]} x {log["seq_len"]} tokens \
 ({log["train_tokens"]:,} tokens), AdamW, cosine schedule |
-| training time | {log["train_seconds"]} s on {log["threads"]} CPU threads |
+| training time | {log["train_seconds"]} s on {log["threads"]} CPU thread(s) |
 | held-out perplexity | **{log["heldout_ppl"]}** on {log["heldout_tokens"]:,} tokens of \
 `data/corpus/heldout.txt` (documents not in the training corpus) |
 | same, randomly initialised twin | {log["heldout_ppl_random_init"]} |

@@ -26,6 +26,7 @@ NEEDED_PACKAGES = (
     "ipywidgets",
 )
 
+_NEEDED_LINES = "\n".join(f'            "{name}",' for name in NEEDED_PACKAGES)
 SETUP_CELL = f'''\
 # Set-up, the same in every chapter. In a clone of the course (make lab, Binder, CI) it does
 # nothing. On Colab or Kaggle it installs only what the image lacks (never torch) and fetches
@@ -40,7 +41,9 @@ if importlib.util.find_spec("helpers") is None:
     if os.path.isdir(os.path.join("..", "helpers")):  # opened from chapters/ in a clone
         sys.path.insert(0, os.path.abspath(".."))
     else:
-        needed = {NEEDED_PACKAGES!r}
+        needed = [
+{_NEEDED_LINES}
+        ]
         missing = [name for name in needed if importlib.util.find_spec(name) is None]
         if missing:
             subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", *missing])
