@@ -1,0 +1,86 @@
+"""Measuring what quantization costs: held-out perplexity, weights swapped for their quantized
+round trip, and the bytes a format really stores. Used by chapter 01 (and any later chapter
+that wants a perplexity); not a twin, so it lives beside ``naive`` and ``library``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+
+def quantizable_linears(model: nn.Module) -> dict[str, nn.Linear]:
+    """The linear layers a 4-bit or 8-bit load quantizes: every ``nn.Linear`` but the output
+    head (transformers keeps ``lm_head`` in full precision, as bitsandbytes' docs advise)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and module is not head
+    }
+
+
+@contextmanager
+def swapped_weights(
+    model: nn.Module, round_trip: Callable[[torch.Tensor], torch.Tensor]
+) -> Iterator[nn.Module]:
+    """Within the ``with`` block, each quantizable weight W is replaced by ``round_trip(W)``
+    (quantize then dequantize): the model computes with exactly the values a quantized model
+    would hold. The original weights come back on exit, even after an error.
+    """
+    saved = {}
+    try:
+        with torch.no_grad():
+            for name, linear in quantizable_linears(model).items():
+                # keep the originals in CPU memory: on a GPU a second copy may not fit
+                saved[name] = linear.weight.detach().to("cpu", copy=True)
+                linear.weight.copy_(round_trip(linear.weight.detach()).to(linear.weight.dtype))
+        yield model
+    finally:
+        with torch.no_grad():
+            for name, linear in quantizable_linears(model).items():
+                if name in saved:
+                    linear.weight.copy_(saved[name])
+
+
+@torch.no_grad()
+def perplexity(
+    model: nn.Module, input_ids: torch.Tensor, max_seq_len: int = 128, batch_size: int = 8
+) -> float:
+    """Token-weighted perplexity of a long token stream cut into windows of ``max_seq_len``.
+
+    Args:
+        model: a causal LM (logits for each position).
+        input_ids: int64 (L,), the held-out text, tokenized once.
+        max_seq_len: window length; each window predicts its tokens 2..max_seq_len.
+        batch_size: windows per forward pass.
+
+    Returns:
+        exp(total negative log-likelihood / number of predicted tokens).
+    """
+    n_windows = input_ids.numel() // max_seq_len
+    if n_windows == 0:
+        raise ValueError(f"need at least {max_seq_len} tokens, got {input_ids.numel()}")
+    windows = input_ids[: n_windows * max_seq_len].view(n_windows, max_seq_len)  # (W, T)
+    device = next(model.parameters()).device
+    total_nll, total_tokens = 0.0, 0
+    for start in range(0, n_windows, batch_size):
+        batch = windows[start : start + batch_size].to(device)  # (b, T)
+        logits = model(input_ids=batch).logits.float()  # (b, T, V)
+        nll = nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]),  # (b * (T - 1), V)
+            batch[:, 1:].reshape(-1),  # next tokens, (b * (T - 1),)
+            reduction="sum",
+        )
+        total_nll += nll.item()
+        total_tokens += batch[:, 1:].numel()
+    return math.exp(total_nll / total_tokens)
+
+
+def tensor_bytes(*tensors: torch.Tensor) -> int:
+    """Bytes the tensors occupy (numel times element size)."""
+    return sum(t.numel() * t.element_size() for t in tensors)
