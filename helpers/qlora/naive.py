@@ -1,0 +1,273 @@
+"""QLoRA by hand: a frozen NF4 base (chapter 01) under trainable LoRA adapters (chapter 02).
+
+QLoRA (Dettmers et al. 2023, arXiv:2305.14314, section 3) stores every linear weight of the
+base model as 4-bit NormalFloat codes with one absmax per block of 64 values (the absmax
+themselves 8-bit quantized: "double quantization"), dequantizes a layer's weight to the compute
+dtype just for its matmul, and trains only LoRA matrices kept in a higher precision:
+
+    Y = X dequant(W_nf4)^T + scaling * X A^T B^T          (paper, equation 5)
+
+Public API (the same names as ``helpers.qlora.library``, which uses bitsandbytes and peft):
+
+    Linear4bit                                   a frozen NF4 linear layer
+    quantize_model(model, compute_dtype, double_quant=True) -> model
+    load_4bit(model_id, compute_dtype, double_quant=True) -> model
+    prepare_for_kbit_training(model, gradient_checkpointing=False) -> model
+    add_lora(model, r, alpha, target_modules, dropout=0.0) -> model
+    base_bytes(model) -> int                     bytes of the frozen base, as stored
+    merge_and_dequantize(model) -> model         the right merge: plain float layers
+    merge_into_4bit(model) -> model              the wrong merge: merged, then re-quantized
+
+The layout is bitsandbytes' (``bitsandbytes/nn/modules.py``, ``Linear4bit`` and ``Params4bit``):
+the packed codes are the layer's ``weight`` (uint8, two codes per byte, first value in the high
+nibble); with double quantization ``absmax`` holds uint8 codes and ``absmax2``/``offset`` the
+second level. So codes and adapters move between the twins unchanged.
+
+Dimension names: B batch, T tokens, IN / OUT a layer's features, N = OUT * IN weight values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from helpers.lora import naive as lora
+from helpers.quantization import naive as quant
+from helpers.quantization.measure import quantizable_linears
+
+BLOCKSIZE = 64  # values per absmax (QLoRA section 3; bitsandbytes' default for 4-bit)
+ABSMAX_BLOCKSIZE = 256  # absmax values per second-level scale (double quantization)
+
+
+class _MatMul4bit(torch.autograd.Function):
+    """y = x W^T with W rebuilt from its codes in forward AND in backward.
+
+    Autograd would otherwise keep the dequantized W (OUT, IN) alive until backward, one full
+    precision copy per layer: the memory QLoRA exists to save. bitsandbytes' ``MatMul4Bit``
+    (``bitsandbytes/autograd/_functions.py``) makes the same trade: compute twice, store codes.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, layer: Linear4bit) -> torch.Tensor:
+        ctx.layer = layer
+        return F.linear(x, layer.dequantize(x.dtype))  # (..., OUT)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        # dL/dx = dL/dy W; the base is frozen, so no gradient for W (None for the layer)
+        return grad_out @ ctx.layer.dequantize(grad_out.dtype), None  # (..., IN)
+
+
+class Linear4bit(nn.Linear):
+    """A frozen linear layer stored as NF4 codes; it computes in ``compute_dtype``.
+
+    A subclass of ``nn.Linear`` (as bitsandbytes' is) so that code looking for linear layers,
+    such as LoRA injection, finds it. Build one with ``Linear4bit.from_linear``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, compute_dtype: torch.dtype) -> None:
+        nn.Module.__init__(self)  # skip nn.Linear's float weight: ours arrives quantized
+        self.in_features, self.out_features = in_features, out_features
+        self.compute_dtype = compute_dtype
+        self.bias: nn.Parameter | None = None
+        self.double_quant = False
+
+    @classmethod
+    def from_linear(
+        cls, linear: nn.Linear, compute_dtype: torch.dtype, double_quant: bool = True
+    ) -> Linear4bit:
+        """Quantize ``linear.weight`` (OUT, IN) to NF4 (and its absmax to 8 bits)."""
+        layer = cls(linear.in_features, linear.out_features, compute_dtype)
+        packed, absmax = quant.quantize_nf4(linear.weight.detach(), BLOCKSIZE)  # (N/2,), (N/64,)
+        # a frozen uint8 parameter, like bitsandbytes' Params4bit: it moves with .to(device)
+        layer.weight = nn.Parameter(packed, requires_grad=False)
+        if double_quant:
+            qabsmax, absmax2, offset = quant.double_quantize_absmax(absmax, ABSMAX_BLOCKSIZE)
+            layer.register_buffer("absmax", qabsmax)  # uint8 (N/64,)
+            layer.register_buffer("absmax2", absmax2)  # float32 (N/64/256,)
+            layer.register_buffer("offset", offset)  # float32 ()
+        else:
+            layer.register_buffer("absmax", absmax)  # float32 (N/64,)
+        layer.double_quant = double_quant
+        if linear.bias is not None:
+            layer.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+        return layer
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The weight as floats: code level times block absmax, shape (OUT, IN)."""
+        absmax = self.absmax
+        if self.double_quant:
+            absmax = quant.double_dequantize_absmax(
+                self.absmax, self.absmax2, self.offset, ABSMAX_BLOCKSIZE
+            )
+        shape = (self.out_features, self.in_features)
+        return quant.dequantize_nf4(self.weight, absmax, shape, BLOCKSIZE, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Args: x (..., IN) any float dtype. Returns: (..., OUT) in x's dtype."""
+        out = _MatMul4bit.apply(x.to(self.compute_dtype), self)  # (..., OUT)
+        if self.bias is not None:
+            out = out + self.bias.to(self.compute_dtype)
+        return out.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"compute_dtype={self.compute_dtype}, double_quant={self.double_quant}"
+        )
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name), child, module)
+
+
+@torch.no_grad()
+def quantize_model(
+    model: nn.Module, compute_dtype: torch.dtype, double_quant: bool = True
+) -> nn.Module:
+    """Replace every linear layer but the output head by a Linear4bit, in place.
+
+    The head, embeddings and norms stay in float, as in a bitsandbytes load through
+    transformers (they are small, and the head is sensitive to quantization).
+
+    Returns:
+        The same model.
+    """
+    for name, linear in quantizable_linears(model).items():
+        _replace(model, name, Linear4bit.from_linear(linear, compute_dtype, double_quant))
+    model.is_loaded_in_4bit = True  # the flag transformers sets on a 4-bit load
+    return model
+
+
+def load_4bit(
+    model_id: str | Path, compute_dtype: torch.dtype, double_quant: bool = True
+) -> PreTrainedModel:
+    """Load a causal LM in ``compute_dtype`` and quantize its linear layers to NF4.
+
+    Unlike a bitsandbytes load, the whole model passes through memory in full precision once:
+    fine for the course's models, not for one that only fits in 4 bits.
+
+    Returns:
+        The model in eval mode, on the GPU when there is one.
+    """
+    model = AutoModelForCausalLM.from_pretrained(
+        model_id, dtype=compute_dtype, trust_remote_code=False
+    )
+    if torch.cuda.is_available():
+        model.to("cuda")  # quantize on the GPU: faster, and the codes are the same
+    return quantize_model(model, compute_dtype, double_quant).eval()
+
+
+def prepare_for_kbit_training(
+    model: PreTrainedModel, gradient_checkpointing: bool = False
+) -> PreTrainedModel:
+    """The steps of peft's ``prepare_model_for_kbit_training``, written out.
+
+    1. Freeze every base parameter: only adapters will train.
+    2. Cast the float parameters that are fp16/bf16 (embeddings, norms, head) to fp32: RMSNorm
+       sums squares, which overflow fp16's 65504 easily, and these layers are small.
+    3. Make the embeddings' output require grad: a checkpointed block recomputed with the
+       reentrant implementation only back-propagates if one of its inputs requires grad.
+    4. Optionally trade compute for memory with gradient checkpointing (transformers'
+       implementation: recompute each decoder layer's activations in backward).
+    """
+    for param in model.parameters():
+        param.requires_grad = False
+    for param in model.parameters():
+        if param.dtype in (torch.float16, torch.bfloat16):
+            param.data = param.data.float()
+    model.get_input_embeddings().register_forward_hook(
+        lambda module, inputs, output: output.requires_grad_(True)
+    )
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    return model
+
+
+def add_lora(
+    model: nn.Module,
+    r: int,
+    alpha: float,
+    target_modules: Sequence[str] | str,
+    dropout: float = 0.0,
+) -> nn.Module:
+    """Chapter 02's LoRA on top of the 4-bit layers, with the adapters in fp32.
+
+    fp32 adapters: an AdamW update is often below fp16's resolution of a weight (a 10-bit
+    mantissa), so it would round away; the adapters are small, so fp32 costs little.
+    """
+    lora.add_lora(model, r, alpha, target_modules, dropout)
+    for name, param in model.named_parameters():
+        if ".lora_" in name:
+            param.data = param.data.float()
+    return model
+
+
+def base_bytes(model: nn.Module) -> int:
+    """Bytes of the frozen base as stored: codes, all absmax levels, and float tensors.
+
+    LoRA parameters are not counted; shared constant code books are not either.
+    """
+    total = 0
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if ".lora_" not in name:
+            total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def _lora_over_4bit(model: nn.Module) -> dict[str, lora.LoRALinear]:
+    layers = {
+        n: m
+        for n, m in model.named_modules()
+        if isinstance(m, lora.LoRALinear) and isinstance(m.base_layer, Linear4bit)
+    }
+    if not layers:
+        raise ValueError("No LoRA layer over a 4-bit layer: is this a QLoRA model?")
+    return layers
+
+
+@torch.no_grad()
+def merge_and_dequantize(model: nn.Module) -> nn.Module:
+    """The right merge: W = dequant(W_nf4) + scaling * B A, kept as plain float layers.
+
+    The adapter was trained against the dequantized base, so this is exactly the function the
+    QLoRA model computed (up to float rounding). The whole model ends in the compute dtype
+    (fp16 on a T4: what it will be served in; training had cast norms and embeddings to fp32).
+    In place; returns the same model.
+    """
+    layers = _lora_over_4bit(model)
+    dtype = next(iter(layers.values())).base_layer.compute_dtype
+    for name, layer in layers.items():
+        base = layer.base_layer
+        weight = base.dequantize(torch.float32) + layer.delta_weight().float()  # (OUT, IN)
+        plain = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None)
+        plain.weight = nn.Parameter(weight.to(base.compute_dtype), requires_grad=False)
+        if base.bias is not None:
+            plain.bias = nn.Parameter(base.bias.to(base.compute_dtype), requires_grad=False)
+        _replace(model, name, plain)
+    model.is_loaded_in_4bit = False
+    return model.to(dtype)
+
+
+@torch.no_grad()
+def merge_into_4bit(model: nn.Module) -> nn.Module:
+    """The wrong merge: W = dequant(W_nf4) + scaling * B A, then quantized to NF4 again.
+
+    The update B A is small next to a block's absmax, so re-quantizing rounds most of it away
+    and adds fresh quantization error on top. In place; returns the same model.
+    """
+    for name, layer in _lora_over_4bit(model).items():
+        base = layer.base_layer
+        device = base.weight.device
+        merged = nn.Linear(base.in_features, base.out_features, base.bias is not None, device)
+        merged.weight.copy_(base.dequantize(torch.float32) + layer.delta_weight().float())
+        if base.bias is not None:
+            merged.bias.copy_(base.bias)
+        _replace(model, name, Linear4bit.from_linear(merged, base.compute_dtype, base.double_quant))
+    return model
