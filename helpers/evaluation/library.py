@@ -1,0 +1,182 @@
+"""Evaluation with the libraries: the same public names as ``helpers.evaluation.naive``.
+
+Which libraries, and why (checked on the course's offline CI machine):
+
+- Hugging Face ``evaluate`` is not used: ``evaluate.load("perplexity")`` fetches the metric's
+  script from the Hub (the ``evaluate-metric/perplexity`` Space) at run time, and the metric then
+  loads a model by hub id itself; it also averages per-text perplexities instead of weighting
+  tokens. lm-evaluation-harness is the reference for multiple-choice scoring but is a heavy
+  install for one function. scipy (``scipy.stats.bootstrap``) is not in the course's
+  environment, and the course installs nothing for one call.
+- So: ``model.generate`` for greedy decoding; the model's own loss function (what
+  ``model(..., labels=...)`` computes, ``transformers.loss.loss_utils.ForCausalLMLoss``) for
+  NLL and perplexity, applied per row of one batched forward; the course task's scorer
+  ``helpers.task.score``; vectorised numpy for the bootstrap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from transformers.loss.loss_utils import ForCausalLMLoss
+
+from helpers import task
+from helpers.evaluation import naive
+
+IGNORE_INDEX = -100
+
+__all__ = [
+    "sequence_nll",
+    "perplexity",
+    "greedy_generate",
+    "score_choices",
+    "task_scores",
+    "bootstrap_ci",
+]
+
+
+@torch.no_grad()
+def sequence_nll(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    labels: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed target-token NLL per sequence, from transformers' causal-LM loss.
+
+    ``ForCausalLMLoss`` shifts the labels itself and, given ``num_items_in_batch=1``, returns
+    the sum over targets instead of the mean; it runs once per row so each row keeps its sum.
+
+    Args:
+        input_ids, labels, attention_mask: (B, T), labels ``-100`` where not a target.
+    Returns:
+        ``(nll, n_tokens)``: (B,) float32 sums and (B,) target counts.
+    """
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, T, V)
+    vocab_size = logits.shape[-1]
+    nll = torch.stack(
+        [
+            ForCausalLMLoss(logits[i : i + 1], labels[i : i + 1], vocab_size, num_items_in_batch=1)
+            for i in range(len(labels))
+        ]
+    )
+    return nll.float(), (labels[:, 1:] != IGNORE_INDEX).sum(dim=-1)
+
+
+def perplexity(
+    model: torch.nn.Module,
+    token_ids: torch.Tensor,
+    max_length: int,
+    stride: int | None = None,
+) -> dict[str, float]:
+    """Sliding-window perplexity with the model's own loss (``labels=``), as in the
+    transformers guide "Perplexity of fixed-length models", counting targets exactly.
+
+    Args:
+        token_ids: (N,) the token stream; max_length, stride: as in the naive twin.
+    Returns:
+        ``{"ppl", "nll_sum", "n_tokens"}``.
+    """
+    device = next(model.parameters()).device
+    nll_sum, n_scored = 0.0, 0
+    for begin, end, first_new in naive._windows(
+        token_ids.numel(), max_length, stride or max_length
+    ):
+        ids = token_ids[begin:end].unsqueeze(0).to(device)  # (1, T)
+        labels = ids.clone()
+        labels[:, : first_new - begin] = IGNORE_INDEX
+        with torch.no_grad():
+            mean_nll = model(input_ids=ids, labels=labels).loss  # mean over this window's targets
+        count = int((labels[:, 1:] != IGNORE_INDEX).sum())
+        nll_sum, n_scored = nll_sum + mean_nll.item() * count, n_scored + count
+    return {"ppl": float(np.exp(nll_sum / n_scored)), "nll_sum": nll_sum, "n_tokens": n_scored}
+
+
+@torch.no_grad()
+def greedy_generate(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    max_new_tokens: int,
+    eos_token_id: int,
+    pad_token_id: int,
+) -> torch.Tensor:
+    """``model.generate`` with ``do_sample=False`` (greedy); returns only the new tokens.
+
+    Args and Returns as in the naive twin: (B, T) left-padded prompts in, (B, S) tokens out.
+    """
+    out = model.generate(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+    )
+    return out[:, input_ids.shape[1] :]  # (B, S)
+
+
+@torch.no_grad()
+def score_choices(
+    model: torch.nn.Module, context_ids: list[int], choice_ids: list[list[int]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """All choices of a question in one right-padded batch, scored with the model's loss.
+
+    The batched log-likelihood request of evaluation harnesses: C rows (context + choice),
+    padding on the right so it never sits between a context and its choice.
+
+    Returns:
+        ``(logprob_sum, n_tokens)``: (C,) float32 and (C,), as in the naive twin.
+    """
+    device = next(model.parameters()).device
+    rows = [context_ids + choice for choice in choice_ids]
+    width = max(map(len, rows))
+    input_ids = torch.zeros(len(rows), width, dtype=torch.long, device=device)  # (C, T)
+    attention_mask = torch.zeros_like(input_ids)
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    for i, row in enumerate(rows):
+        input_ids[i, : len(row)] = torch.tensor(row)
+        attention_mask[i, : len(row)] = 1
+        labels[i, len(context_ids) : len(row)] = torch.tensor(row[len(context_ids) :])
+    nll, counts = sequence_nll(model, input_ids, labels, attention_mask)
+    return -nll, counts
+
+
+def task_scores(predictions: list[str], references: list[str]) -> dict[str, np.ndarray]:
+    """Per-example metrics through the course's own scorer ``helpers.task.score``.
+
+    Returns:
+        Boolean arrays (n,): ``exact``, ``valid`` and one per field, as in the naive twin.
+    """
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+    rows = [task.score(p, g) for p, g in zip(predictions, references, strict=True)]
+    return {key: np.array([r[key] for r in rows]) for key in ("exact", "valid", *task.FIELDS)}
+
+
+def bootstrap_ci(
+    values: np.ndarray,
+    statistic: Callable[[np.ndarray], np.ndarray],
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """Percentile bootstrap, every resample at once: one (R, n) index draw, one statistic
+    call over the leading axis, ``np.quantile`` for the ends.
+
+    numpy's generator yields the same integers whether drawn as R rows of n or one (R, n)
+    block, so with the same seed this equals the naive loop.
+
+    Returns:
+        ``(estimate, low, high)``, as in the naive twin.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    n = len(values)
+    rng = np.random.default_rng(seed)
+    index = rng.integers(0, n, size=(n_resamples, n))  # (R, n)
+    stats = statistic(values[index])  # values[index]: (R, n) or (R, n, k) -> (R,)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(stats, [tail, 1 - tail])
+    return float(statistic(values)), float(low), float(high)

@@ -1,0 +1,257 @@
+"""Evaluation from scratch: every number a fine-tune is judged by, in plain torch and numpy.
+
+Dimensions: B sequences in a batch, T tokens per sequence, V vocabulary entries, C choices of a
+multiple-choice question, R bootstrap resamples, n examples.
+
+- ``sequence_nll``: the negative log-likelihood of the target tokens of each sequence, summed.
+- ``perplexity``: exp(token-weighted mean NLL) of a long token stream, scored through a sliding
+  window when the stream is longer than the model's context.
+- ``greedy_generate``: the decoding loop (argmax, one token at a time, with a KV cache).
+- ``score_choices``: multiple-choice scoring by the log-likelihood of each choice.
+- ``task_scores``: the course task's metrics per example (exact match, valid JSON, fields).
+- ``bootstrap_ci``: a percentile bootstrap confidence interval of any statistic.
+
+``library.py`` exposes the same names through transformers and vectorised numpy.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+IGNORE_INDEX = -100  # a label that adds nothing (the convention of torch's cross_entropy)
+FIELDS = ("category", "sentiment", "urgency")
+
+__all__ = [
+    "sequence_nll",
+    "perplexity",
+    "greedy_generate",
+    "score_choices",
+    "task_scores",
+    "bootstrap_ci",
+]
+
+
+@torch.no_grad()
+def sequence_nll(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    labels: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token negative log-likelihood of each sequence's target tokens.
+
+    Args:
+        input_ids: (B, T) token ids.
+        labels: (B, T) the ids to score, ``-100`` where a token is not a target (prompt, pad).
+            Position t is predicted from positions < t, so ``labels[:, 0]`` is never scored.
+        attention_mask: (B, T) 1 for real tokens, 0 for padding; None means all real.
+    Returns:
+        ``(nll, n_tokens)``: (B,) float32 sums of -log p(target), and (B,) target counts.
+    """
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, T, V)
+    # Position t predicts token t + 1: drop the last logit and the first label.
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
+    targets = labels[:, 1:]  # (B, T-1)
+    is_target = targets != IGNORE_INDEX
+    # gather needs a valid index everywhere; ignored positions are zeroed by the mask below.
+    picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, T-1)
+    nll = -(picked * is_target).sum(dim=-1)
+    return nll, is_target.sum(dim=-1)
+
+
+def _windows(n_tokens: int, max_length: int, stride: int):
+    """Yield (begin, end, first_new) for a sliding window over n_tokens positions.
+
+    Each window covers [begin, end); tokens before ``first_new`` were scored by an earlier
+    window and only give context (the strided method of the transformers perplexity guide).
+    """
+    if not 0 < stride <= max_length:
+        raise ValueError(f"stride must be in 1..max_length={max_length}, got {stride}")
+    prev_end = 0
+    for begin in range(0, n_tokens, stride):
+        end = min(begin + max_length, n_tokens)
+        yield begin, end, prev_end
+        prev_end = end
+        if end == n_tokens:
+            break
+
+
+def perplexity(
+    model: torch.nn.Module,
+    token_ids: torch.Tensor,
+    max_length: int,
+    stride: int | None = None,
+) -> dict[str, float]:
+    """Token-weighted perplexity of one long token stream, with a sliding window.
+
+    Perplexity = exp(sum of token NLLs / number of scored tokens): every token weighs the same,
+    however the text is cut. With ``stride < max_length`` each window re-reads
+    ``max_length - stride`` tokens of context, so later tokens are scored with more history.
+
+    Args:
+        token_ids: (N,) the token stream.
+        max_length: window length, at most the model's context.
+        stride: step between windows (default ``max_length``: no overlap).
+    Returns:
+        ``{"ppl", "nll_sum", "n_tokens"}``. A token with no context in its window is not
+        scored: the stream's first token, and without overlap the first of every window.
+    """
+    device = next(model.parameters()).device
+    nll_sum, n_scored = 0.0, 0
+    for begin, end, first_new in _windows(token_ids.numel(), max_length, stride or max_length):
+        ids = token_ids[begin:end].unsqueeze(0).to(device)  # (1, T)
+        labels = ids.clone()
+        labels[:, : first_new - begin] = IGNORE_INDEX  # context only: scored before
+        nll, count = sequence_nll(model, ids, labels)
+        nll_sum, n_scored = nll_sum + nll.item(), n_scored + int(count.item())
+    return {"ppl": float(np.exp(nll_sum / n_scored)), "nll_sum": nll_sum, "n_tokens": n_scored}
+
+
+@torch.no_grad()
+def greedy_generate(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    max_new_tokens: int,
+    eos_token_id: int,
+    pad_token_id: int,
+) -> torch.Tensor:
+    """Greedy decoding by hand, with a KV cache: pick the most likely token, append, repeat.
+
+    Args:
+        input_ids: (B, T) prompts, LEFT-padded so every prompt ends at the last column.
+        attention_mask: (B, T) 1 for real tokens, 0 for the left padding.
+    Returns:
+        (B, S) the new tokens, S <= max_new_tokens; a row that has emitted eos continues with
+        ``pad_token_id`` until every row has finished (as ``model.generate`` does).
+    """
+    if not bool(attention_mask[:, -1].all()):
+        raise ValueError("greedy_generate needs left padding: set tokenizer.padding_side='left'")
+    # A row's positions count its real tokens only; left pads get position 0 (masked anyway).
+    position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+    # Prefill: run the whole prompt once; the model returns its keys and values (the cache).
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+    finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    new_tokens = []
+    for _ in range(max_new_tokens):
+        next_token = out.logits[:, -1].float().argmax(dim=-1)  # (B,)
+        next_token = next_token.masked_fill(finished, pad_token_id)
+        new_tokens.append(next_token)
+        finished |= next_token == eos_token_id
+        if finished.all():
+            break
+        # Decode step: feed only the new token; attention reads the cached keys and values.
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(finished), 1)], 1)
+        position_ids = position_ids[:, -1:] + 1  # (B, 1)
+        out = model(
+            input_ids=next_token.unsqueeze(-1),  # (B, 1)
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=out.past_key_values,
+        )
+    return torch.stack(new_tokens, dim=1)  # (B, S)
+
+
+@torch.no_grad()
+def score_choices(
+    model: torch.nn.Module, context_ids: list[int], choice_ids: list[list[int]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-likelihood of each choice as the continuation of a context, one forward per choice.
+
+    MMLU-style harnesses pick the choice with the largest sum of log-probabilities, or the
+    largest per-token mean (length-normalised, so long answers are not penalised for length).
+
+    Args:
+        context_ids: the question's token ids (prompt, chat template included).
+        choice_ids: C lists of token ids, one per choice.
+    Returns:
+        ``(logprob_sum, n_tokens)``: (C,) float32 sums of log p(choice token), (C,) lengths.
+    """
+    device = next(model.parameters()).device
+    sums, lengths = [], []
+    for choice in choice_ids:
+        ids = torch.tensor([context_ids + choice], device=device)  # (1, T)
+        labels = ids.clone()
+        labels[:, : len(context_ids)] = IGNORE_INDEX  # score the choice's tokens only
+        nll, count = sequence_nll(model, ids, labels)
+        sums.append(-nll[0])
+        lengths.append(count[0])
+    return torch.stack(sums), torch.stack(lengths)
+
+
+def _parse(text: str) -> dict | None:
+    """The first ``{...}`` span of a text as a JSON object, or None."""
+    start = text.find("{")
+    end = text.find("}", start + 1)
+    if start < 0 or end < 0:
+        return None
+    try:
+        value = json.loads(text[start : end + 1])
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def task_scores(predictions: list[str], references: list[str]) -> dict[str, np.ndarray]:
+    """Per-example metrics of the course task (a review in, JSON with three fields out).
+
+    Args:
+        predictions: n generated answers; references: n gold JSON answers.
+    Returns:
+        Boolean arrays of shape (n,): ``valid`` (JSON with the three fields as strings),
+        ``exact`` (valid and all three right), and one per field. Their means are the
+        valid-output rate, exact match and per-field accuracy.
+    """
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+    rows = []
+    for pred_text, gold_text in zip(predictions, references, strict=True):
+        gold, pred = json.loads(gold_text), _parse(pred_text) or {}
+        valid = all(isinstance(pred.get(f), str) for f in FIELDS)
+        fields = {f: pred.get(f) == gold[f] for f in FIELDS}
+        rows.append({"valid": valid, "exact": valid and all(fields.values()), **fields})
+    return {key: np.array([r[key] for r in rows]) for key in ("exact", "valid", *FIELDS)}
+
+
+def bootstrap_ci(
+    values: np.ndarray,
+    statistic: Callable[[np.ndarray], np.ndarray],
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """Percentile bootstrap confidence interval (Efron and Tibshirani 1993, ch. 13).
+
+    Draw n examples with replacement, compute the statistic, repeat; the interval is the
+    central ``confidence`` share of those statistics. One resample per loop iteration.
+
+    Args:
+        values: (n,) or (n, k) per-example values (rows are resampled together).
+        statistic: reduces a sample of shape (n,) or (n, k) to a number (see
+            ``helpers.evaluation.mean``, ``paired_difference``, ``token_perplexity``).
+        seed: seeds numpy's PCG64 generator, so the interval is reproducible.
+    Returns:
+        ``(estimate, low, high)``: the statistic on all data and the interval's ends.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    n = len(values)
+    rng = np.random.default_rng(seed)
+    stats = np.empty(n_resamples)
+    for i in range(n_resamples):
+        stats[i] = statistic(values[rng.integers(0, n, size=n)])
+    low, high = (_percentile(stats, q) for q in ((1 - confidence) / 2, (1 + confidence) / 2))
+    return float(statistic(values)), low, high
+
+
+def _percentile(stats: np.ndarray, q: float) -> float:
+    """The q-quantile of the numbers, interpolating linearly between order statistics
+    (numpy's default "linear" method)."""
+    ordered = np.sort(stats)
+    pos = q * (len(ordered) - 1)
+    lo = int(np.floor(pos))
+    hi = min(lo + 1, len(ordered) - 1)
+    return float(ordered[lo] + (pos - lo) * (ordered[hi] - ordered[lo]))
