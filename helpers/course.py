@@ -19,7 +19,7 @@ from pathlib import Path
 import nbformat
 import papermill
 
-from helpers.paths import CHAPTERS_DIR, build_dir
+from helpers.paths import CHAPTERS_DIR, REPO_ROOT, build_dir
 from helpers.report import load_results, results_path
 
 KERNEL = "python3"
@@ -47,8 +47,19 @@ def check_parameters(path: Path, parameters: dict) -> None:
         )
 
 
+def _relative_paths(cell) -> None:
+    """Print paths inside the course relative to it: a reader's clone is elsewhere."""
+    root = f"{REPO_ROOT}/"
+    for out in cell.get("outputs", []):
+        if "text" in out:
+            out["text"] = out["text"].replace(root, "")
+        if "text/plain" in out.get("data", {}):
+            out["data"]["text/plain"] = out["data"]["text/plain"].replace(root, "")
+
+
 def strip_metadata(nb) -> None:
-    """Drop what changes on every run and teaches nothing (timings, papermill, widget state)."""
+    """Drop what changes on every run and teaches nothing (timings, papermill, widget state),
+    and make paths inside the course relative."""
     for key in ("papermill", "widgets"):
         nb.metadata.pop(key, None)
     nb.cells = [
@@ -57,6 +68,7 @@ def strip_metadata(nb) -> None:
     for cell in nb.cells:
         for key in ("papermill", "execution"):
             cell.metadata.pop(key, None)
+        _relative_paths(cell)
 
 
 def execute(path: Path, out: Path, parameters: dict, prepare_only: bool = False) -> None:
