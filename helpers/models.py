@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     BitsAndBytesConfig,
@@ -22,6 +23,10 @@ from helpers.profiles import Profile
 
 class ModelUnavailableError(OSError):
     """The profile's model could not be loaded; the message says what to do."""
+
+
+class ModelTooLargeError(MemoryError):
+    """The unquantized model would not fit in this GPU's free memory; the message says what to do."""
 
 
 def _unavailable(profile: Profile, err: Exception) -> ModelUnavailableError:
@@ -54,6 +59,48 @@ def quantization_config(profile: Profile) -> BitsAndBytesConfig:
     )
 
 
+def _gib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**30:.1f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.1f} MiB"
+
+
+def check_fits_unquantized(profile: Profile) -> None:
+    """Refuse, before any download or allocation, an unquantized model the GPU cannot hold.
+
+    Counts the weights from the model's config (``helpers.memory``) at the profile's dtype and
+    compares them with ``torch.cuda.mem_get_info()``'s free bytes, keeping 10 % for the CUDA
+    context and activations. Without a GPU, or for a config that is not Llama-style, it does
+    nothing.
+
+    Raises:
+        ModelTooLargeError: the weights alone would take more than 90 % of the free memory.
+    """
+    if not torch.cuda.is_available():
+        return
+    from helpers.memory import ModelShape
+    from helpers.memory.naive import parameter_counts
+
+    try:
+        config = AutoConfig.from_pretrained(profile.model_id, trust_remote_code=False)
+    except OSError as err:
+        raise _unavailable(profile, err) from err
+    try:
+        shape = ModelShape.from_config(config)
+    except AttributeError:  # not a decoder with the usual config fields: let transformers try
+        return
+    n_params = sum(parameter_counts(shape).values())
+    needed = n_params * profile.torch_dtype.itemsize
+    free, _ = torch.cuda.mem_get_info()
+    if needed > 0.9 * free:
+        count = f"{n_params / 1e9:.2f}B" if n_params >= 1e9 else f"{n_params / 1e6:.1f}M"
+        raise ModelTooLargeError(
+            f"Profile {profile.name!r}: {profile.model_id} has {count} parameters, "
+            f"{_gib(needed)} in {profile.compute_dtype} without quantization, and this "
+            f"GPU has {_gib(free)} free. Load it in 4 bits "
+            "(load_model(profile, load_in_4bit=True)), or run this chapter with a smaller "
+            "profile, e.g. PROFILE='t4' (1.5B) or PROFILE='tiny'."
+        )
+
+
 def load_model(
     profile: Profile, *, load_in_4bit: bool | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -67,8 +114,11 @@ def load_model(
         ``(model, tokenizer)``, the model in eval mode on the GPU when there is one.
     Raises:
         ModelUnavailableError: the model cannot be reached or read.
+        ModelTooLargeError: unquantized, the model would not fit in the GPU's free memory.
     """
     four_bit = profile.load_in_4bit if load_in_4bit is None else load_in_4bit
+    if not four_bit:
+        check_fits_unquantized(profile)
     kwargs: dict = {"dtype": profile.torch_dtype, "trust_remote_code": False}
     if four_bit:
         kwargs["quantization_config"] = quantization_config(profile)

@@ -12,7 +12,12 @@ import torch
 from helpers import report
 from helpers.course import chapters, check_parameters
 from helpers.exercises import ExerciseFailed, check
-from helpers.models import ModelUnavailableError, load_model
+from helpers.models import (
+    ModelTooLargeError,
+    ModelUnavailableError,
+    check_fits_unquantized,
+    load_model,
+)
 from helpers.notebook import SETUP_CELL, setup_cells
 from helpers.profiles import get_profile
 
@@ -39,6 +44,20 @@ def test_unreachable_hub_id_names_the_tiny_profile():
     with pytest.raises(ModelUnavailableError) as err:
         load_model(profile)
     assert "does-not-exist-anywhere" in str(err.value) and "PROFILE='tiny'" in str(err.value)
+
+
+def test_unquantized_model_too_large_for_the_gpu_is_refused_first(tiny_profile, monkeypatch):
+    # A GPU with 1 MiB free: the tiny model's 3.5M fp32 parameters (13 MiB) do not fit.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (2**20, 16 * 2**30))
+    with pytest.raises(ModelTooLargeError) as err:
+        load_model(tiny_profile, load_in_4bit=False)
+    message = str(err.value)
+    assert "'tiny'" in message and "load_in_4bit=True" in message and "PROFILE='t4'" in message
+    assert "3.5M parameters, 13.3 MiB in float32" in message and "1.0 MiB free" in message
+    # With room to spare the check passes (and a real load would go ahead).
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (16 * 2**30, 16 * 2**30))
+    check_fits_unquantized(tiny_profile)
 
 
 def test_record_writes_json_and_needs_a_chapter(tmp_path):
