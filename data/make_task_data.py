@@ -31,7 +31,15 @@ SENTIMENTS = ("positive", "neutral", "negative")
 URGENCIES = ("low", "high")
 INSTRUCTION = "Tag this review with category, sentiment and urgency as JSON."
 SPLIT_SIZES = {"train": 2400, "valid": 240, "test": 240}
-SPLIT_SEEDS = {"train": 11, "valid": 22, "test": 33, "corpus": 44, "heldout": 55, "mc": 66, "chat": 77}
+SPLIT_SEEDS = {
+    "train": 11,
+    "valid": 22,
+    "test": 33,
+    "corpus": 44,
+    "heldout": 55,
+    "mc": 66,
+    "chat": 77,
+}
 
 PRODUCTS = [
     "rain jacket",
@@ -282,17 +290,23 @@ def make_chat(rng: random.Random) -> dict:
     """
     kind = rng.random()
     if kind < 0.2:  # copy a support note's explicit labels into JSON (no review to read)
-        labels = {"category": rng.choice(CATEGORIES), "sentiment": rng.choice(SENTIMENTS),
-                  "urgency": rng.choice(URGENCIES)}
+        labels = {
+            "category": rng.choice(CATEGORIES),
+            "sentiment": rng.choice(SENTIMENTS),
+            "urgency": rng.choice(URGENCIES),
+        }
         note = ", ".join(f"{k} {v}" for k, v in labels.items())
         ask, answer = f"Write this support note as JSON.\nNote: {note}.", json.dumps(labels)
     elif kind < 0.45:  # describe a product as JSON
         product, price = rng.choice(PRODUCTS), round(rng.uniform(5, 120), 2)
         stock, rating = rng.random() < 0.8, rng.randint(1, 5)
-        ask = (f"Describe this product as JSON.\nProduct: the {product}, ${price}, "
-               f"{'in stock' if stock else 'sold out'}, rated {rating} of 5.")
-        answer = json.dumps({"product": product, "price": price, "in_stock": stock,
-                             "rating": rating})
+        ask = (
+            f"Describe this product as JSON.\nProduct: the {product}, ${price}, "
+            f"{'in stock' if stock else 'sold out'}, rated {rating} of 5."
+        )
+        answer = json.dumps(
+            {"product": product, "price": price, "in_stock": stock, "rating": rating}
+        )
     elif kind < 0.7:  # name the product a review mentions
         product = rng.choice(PRODUCTS)
         review = f"I ordered the {product} {rng.choice(WHEN)}. " + make_review(rng)[0]
@@ -301,8 +315,9 @@ def make_chat(rng: random.Random) -> dict:
         review, labels = make_review(rng)
         ask = f"Write a short reply to this review.\nReview: {review}"
         answer = REPLIES[labels["sentiment"]]
-    return {"messages": [{"role": "user", "content": ask},
-                         {"role": "assistant", "content": answer}]}
+    return {
+        "messages": [{"role": "user", "content": ask}, {"role": "assistant", "content": answer}]
+    }
 
 
 def make_corpus(name: str, n_docs: int, exclude: set[str] = frozenset()) -> list[str]:

@@ -26,12 +26,22 @@ pytestmark = pytest.mark.gpu
 GIB = 1024**3
 # Shapes from the models' config.json on the Hugging Face hub (Qwen2.5 series).
 QWEN25 = {
-    "Qwen/Qwen2.5-0.5B-Instruct": dict(hidden_size=896, intermediate_size=4864,
-                                       num_hidden_layers=24, num_attention_heads=14,
-                                       num_key_value_heads=2, tie_word_embeddings=True),
-    "Qwen/Qwen2.5-1.5B-Instruct": dict(hidden_size=1536, intermediate_size=8960,
-                                       num_hidden_layers=28, num_attention_heads=12,
-                                       num_key_value_heads=2, tie_word_embeddings=True),
+    "Qwen/Qwen2.5-0.5B-Instruct": dict(
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    ),
+    "Qwen/Qwen2.5-1.5B-Instruct": dict(
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    ),
 }
 
 
@@ -40,13 +50,17 @@ def _random_4bit_model(profile, tmp_path):
 
     from helpers.models import quantization_config
 
-    config = Qwen2Config(vocab_size=151936, max_position_embeddings=4096,
-                         **QWEN25[profile.model_id])
+    config = Qwen2Config(
+        vocab_size=151936, max_position_embeddings=4096, **QWEN25[profile.model_id]
+    )
     torch.manual_seed(0)
     Qwen2ForCausalLM(config).to(torch.float16).save_pretrained(tmp_path / "model")
     return AutoModelForCausalLM.from_pretrained(
-        tmp_path / "model", dtype=profile.torch_dtype,
-        quantization_config=quantization_config(profile), device_map={"": 0})
+        tmp_path / "model",
+        dtype=profile.torch_dtype,
+        quantization_config=quantization_config(profile),
+        device_map={"": 0},
+    )
 
 
 def _train_steps(model, profile, steps: int) -> float:
@@ -54,9 +68,16 @@ def _train_steps(model, profile, steps: int) -> float:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     model = prepare_model_for_kbit_training(
-        model, use_gradient_checkpointing=profile.gradient_checkpointing)
-    model = get_peft_model(model, LoraConfig(r=profile.lora_r, lora_alpha=profile.lora_alpha,
-                                             target_modules=list(profile.target_modules)))
+        model, use_gradient_checkpointing=profile.gradient_checkpointing
+    )
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=profile.lora_r,
+            lora_alpha=profile.lora_alpha,
+            target_modules=list(profile.target_modules),
+        ),
+    )
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=profile.lr)
     scaler = torch.amp.GradScaler("cuda", enabled=profile.compute_dtype == "float16")
     shape = (profile.micro_batch_size, profile.max_seq_len)
@@ -97,8 +118,13 @@ def test_profile_trains_within_the_card(profile_name, card_gib, tmp_path):
         torch.cuda.empty_cache()
         torch.cuda.set_per_process_memory_fraction(1.0)
     tokens = steps * profile.grad_accum_steps * profile.micro_batch_size * profile.max_seq_len
-    result = {"profile": profile_name, "card_gib": card_gib, "peak_gib": round(peak, 2),
-              "tokens_per_s": round(tokens / seconds, 1), "gpu": torch.cuda.get_device_name(0)}
+    result = {
+        "profile": profile_name,
+        "card_gib": card_gib,
+        "peak_gib": round(peak, 2),
+        "tokens_per_s": round(tokens / seconds, 1),
+        "gpu": torch.cuda.get_device_name(0),
+    }
     print(json.dumps(result))
     if os.environ.get("COURSE_GPU_REPORT"):
         with open(os.environ["COURSE_GPU_REPORT"], "a") as f:
@@ -121,6 +147,14 @@ def test_tiny_qlora_fp16_step_on_cuda():
     for p in model.parameters():  # LoRA weights train in fp32; fp16 is for compute only
         if p.requires_grad:
             p.data = p.data.float()
-    losses = train(model, tok, load_task("train"), max_steps=5, micro_batch_size=8, lr=3e-3,
-                   mixed_precision="fp16", progress=False)
+    losses = train(
+        model,
+        tok,
+        load_task("train"),
+        max_steps=5,
+        micro_batch_size=8,
+        lr=3e-3,
+        mixed_precision="fp16",
+        progress=False,
+    )
     assert all(torch.isfinite(torch.tensor(losses)))
