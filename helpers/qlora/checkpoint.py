@@ -6,33 +6,56 @@ holds everything the next step depends on:
     adapter.safetensors   the trainable tensors (the LoRA adapter), by parameter name
     optimizer.pt          AdamW's moments and step counts (``optimizer.state_dict()``)
     trainer_state.pt      step, losses, data position, scheduler, loss scaler, RNG states
+    manifest.json         sha256 and size of each file, and the run's settings (written last)
 
 Tensors go in safetensors; the two ``.pt`` files hold only tensors, numbers, lists and dicts,
 so they load with ``torch.load(weights_only=True)``, which cannot run code from the file.
 A checkpoint is written to a temporary folder and renamed into place, so a session killed
-mid-save leaves the previous checkpoint intact. Works with either twin of ``helpers.qlora``
-(and any model whose trainable parameters are the ones to save).
+mid-save leaves the previous checkpoint intact. On resume the newest checkpoint whose files
+match their checksums is used (a corrupt or incomplete one is reported and skipped), and a
+checkpoint written with other settings is refused, naming each one (``helpers.qlora.integrity``).
+Only the last ``keep_last`` checkpoints and the final one are kept. Works with either twin of
+``helpers.qlora`` (and any model whose trainable parameters are the ones to save).
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import math
 import random
 import shutil
+from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 from tqdm.auto import tqdm
 
 from helpers.data import IGNORE_INDEX, Collator
+from helpers.qlora import integrity
+from helpers.qlora.integrity import PREFIX, CheckpointError, RunMismatchError
 from helpers.train import token_loss_sum
 
-PREFIX = "checkpoint-"
+__all__ = [
+    "PREFIX",
+    "CheckpointError",
+    "RunMismatchError",
+    "trainable_state",
+    "capture_rng_state",
+    "restore_rng_state",
+    "checkpoints",
+    "latest_checkpoint",
+    "save_checkpoint",
+    "load_checkpoint",
+    "prune_checkpoints",
+    "train_with_checkpoints",
+]
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -63,54 +86,135 @@ def restore_rng_state(state: dict) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
 
 
+def checkpoints(folder: str | Path) -> list[Path]:
+    """The ``checkpoint-<step>`` folders in ``folder``, oldest first; other names are ignored."""
+    folder = Path(folder).expanduser()
+    found = [p for p in folder.iterdir() if integrity.checkpoint_step(p) is not None]
+    return sorted(found, key=integrity.checkpoint_step) if found else []
+
+
+def _newest_good(folder: str | Path, say: Callable[[str], None] = print):
+    """(path, manifest) of the newest checkpoint that passes its checksums, or (None, None).
+
+    Each newer one that fails is reported by folder and file, and skipped.
+    """
+    if not Path(folder).expanduser().is_dir():
+        return None, None
+    for path in reversed(checkpoints(folder)):
+        try:
+            return path, integrity.verify(path)
+        except CheckpointError as err:
+            say(f"skipping {path.name}: {err}")
+    return None, None
+
+
 def latest_checkpoint(folder: str | Path) -> Path | None:
-    """The checkpoint with the highest step in ``folder``, or None if there is none."""
-    found = sorted(Path(folder).glob(PREFIX + "*")) if Path(folder).is_dir() else []
-    return found[-1] if found else None
+    """The newest complete, uncorrupted checkpoint in ``folder``, or None if there is none."""
+    return _newest_good(folder)[0]
 
 
-def save_checkpoint(folder: str | Path, step: int, model, optimizer, state: dict) -> Path:
+def _write(path: Path, data: bytes) -> None:
+    with path.open("wb") as f:
+        f.write(data)
+
+
+def save_checkpoint(
+    folder: str | Path,
+    step: int,
+    model,
+    optimizer,
+    state: dict,
+    *,
+    fingerprint: dict | None = None,
+    final: bool = False,
+) -> Path:
     """Write ``folder/checkpoint-<step>`` atomically (see the module docstring).
 
     Args:
         state: the trainer state (numbers, lists, tensors, nested dicts); RNG states are added.
+        fingerprint: the run's settings (``integrity.run_fingerprint``), kept in the manifest.
+        final: the run's last checkpoint, which pruning never removes.
     Returns:
         The checkpoint folder.
     """
-    folder = Path(folder)
-    final, tmp = folder / f"{PREFIX}{step:07d}", folder / f".tmp-{PREFIX}{step:07d}"
+    folder = Path(folder).expanduser()
+    final_path, tmp = folder / f"{PREFIX}{step:07d}", folder / f".tmp-{PREFIX}{step:07d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     adapter = {n: t.contiguous().cpu() for n, t in trainable_state(model).items()}
-    save_file(adapter, tmp / "adapter.safetensors")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save({**state, "rng": capture_rng_state()}, tmp / "trainer_state.pt")
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)  # atomic on one file system: the checkpoint appears whole or not at all
-    return final
+    _write(tmp / "adapter.safetensors", safetensors_bytes(adapter))
+    for name, obj in (
+        ("optimizer.pt", optimizer.state_dict()),
+        ("trainer_state.pt", {**state, "rng": capture_rng_state()}),
+    ):
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        _write(tmp / name, buffer.getvalue())
+    integrity.write_manifest(tmp, step, fingerprint or {}, final)  # last: marks it complete
+    shutil.rmtree(final_path, ignore_errors=True)
+    tmp.rename(final_path)  # atomic on one file system: the checkpoint appears whole or not at all
+    return final_path
 
 
-def load_checkpoint(path: str | Path, model, optimizer) -> dict:
+def prune_checkpoints(folder: str | Path, keep_last: int | None) -> list[Path]:
+    """Delete all but the newest ``keep_last`` checkpoints; final ones are always kept.
+
+    Returns:
+        The folders deleted.
+    """
+    if keep_last is None:
+        return []
+    old = checkpoints(folder)[:-keep_last]
+    gone = [p for p in old if not _is_final(p)]
+    for path in gone:
+        shutil.rmtree(path, ignore_errors=True)
+    return gone
+
+
+def _is_final(path: Path) -> bool:
+    try:
+        return bool(json.loads((path / integrity.MANIFEST).read_text())["final"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _read(path: Path, reader):
+    """Run ``reader(path)``; any failure becomes a CheckpointError naming the file."""
+    try:
+        return reader(path)
+    except Exception as err:
+        raise CheckpointError(f"{path}: cannot be read ({type(err).__name__}: {err})") from err
+
+
+def load_checkpoint(path: str | Path, model, optimizer, verify: bool = True) -> dict:
     """Load adapter and optimizer state into a freshly built model and optimizer.
 
+    Args:
+        verify: check every file against the manifest's checksums first.
     Returns:
         The trainer state (step, losses, data position, scheduler, scaler, rng).
     Raises:
+        CheckpointError: a file is missing, corrupt or unreadable (the message names it).
         KeyError: the checkpoint's tensors do not match the model's trainable parameters.
     """
-    path = Path(path)
-    saved, params = load_file(path / "adapter.safetensors"), dict(model.named_parameters())
+    path = Path(path).expanduser()
+    if verify:
+        integrity.verify(path)
+    saved = _read(path / "adapter.safetensors", load_file)
+    params = dict(model.named_parameters())
     wanted = {n for n, p in params.items() if p.requires_grad}
     if set(saved) != wanted:
         raise KeyError(
-            f"{path} does not fit this model: missing {sorted(wanted - set(saved))[:3]}, "
-            f"unexpected {sorted(set(saved) - wanted)[:3]}. Build the model the same way."
+            f"{path / 'adapter.safetensors'} does not fit this model: missing "
+            f"{sorted(wanted - set(saved))[:3]}, unexpected {sorted(set(saved) - wanted)[:3]}. "
+            "Build the model the same way."
         )
     with torch.no_grad():
         for name, tensor in saved.items():
             params[name].copy_(tensor)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    return torch.load(path / "trainer_state.pt", weights_only=True)
+    load = partial(torch.load, weights_only=True)
+    _read(path / "optimizer.pt", lambda p: optimizer.load_state_dict(load(p)))
+    return _read(path / "trainer_state.pt", load)
 
 
 def _lr_factor(step: int, warmup_steps: int, max_steps: int) -> float:
@@ -150,15 +254,57 @@ def _window_loss(model, window, amp_dtype, scaler) -> float:
     return total
 
 
-def _resume(folder, model, optimizer, scheduler, scaler) -> tuple[int, list[float]]:
-    """Load the latest checkpoint in ``folder`` if there is one; return (step, losses so far)."""
-    last = latest_checkpoint(folder)
+def _check_run(path: Path, saved: dict, now: dict, allowed: set[str], say) -> set[str]:
+    """Compare the checkpoint's run with this one: refuse, or say what changes.
+
+    Returns:
+        The names of the settings that differ (and were allowed).
+    Raises:
+        RunMismatchError: a setting differs that may not, or was not allowed to.
+    """
+    differences = integrity.compare_fingerprints(saved, now)
+    differences.pop("max_steps", None)  # always safe: said below
+    if not saved:  # a checkpoint from before fingerprints: nothing to compare
+        say(f"{path.name} does not record its run's settings: resuming without checking them")
+        return set()
+    refused = {
+        n: v for n, v in differences.items() if n in integrity.STRUCTURAL or n not in allowed
+    }
+    if refused:
+        raise RunMismatchError(integrity.mismatch_message(path, refused, allowed))
+    for name, (before, after) in differences.items():
+        say(f"{path.name}: {name} changed from {before!r} to {after!r} (allowed): applied")
+    old_end, new_end = saved.get("max_steps"), now.get("max_steps")
+    if old_end != new_end:
+        differences["max_steps"] = (old_end, new_end)
+        say(
+            f"{path.name}: max_steps changed from {old_end} to {new_end}: safe, the run "
+            f"continues to step {new_end} and the schedule now ends there"
+        )
+    return set(differences)
+
+
+def _resume(folder, model, optimizer, scheduler, scaler, *, fingerprint, allowed, say):
+    """Load the newest good checkpoint in ``folder`` if there is one.
+
+    Returns:
+        (step, losses so far).
+    """
+    last, manifest = _newest_good(folder, say)
     if last is None:
         return 0, []
-    state = load_checkpoint(last, model, optimizer)
+    changed = _check_run(last, manifest.get("fingerprint") or {}, fingerprint, allowed, say)
+    state = load_checkpoint(last, model, optimizer, verify=False)  # verified just now
     scheduler.load_state_dict(state["scheduler"])
+    if changed & {"lr", "warmup_steps", "max_steps"}:  # this run's lr and schedule from here on
+        scheduler.base_lrs = [fingerprint["lr"]] * len(optimizer.param_groups)
+        for group, fn in zip(optimizer.param_groups, scheduler.lr_lambdas, strict=True):
+            group["initial_lr"] = fingerprint["lr"]
+            group["lr"] = fingerprint["lr"] * fn(scheduler.last_epoch)
+        say(f"learning rate at step {state['step']}: {optimizer.param_groups[0]['lr']:.3g}")
     scaler.load_state_dict(state["scaler"])
     restore_rng_state(state["rng"])  # last: building the model drew random numbers too
+    say(f"resumed from {last} (step {state['step']})")
     return state["step"], list(state["losses"])
 
 
@@ -179,9 +325,12 @@ def train_with_checkpoints(
     mixed_precision: str | None = None,
     stop_after: int | None = None,
     progress: bool = True,
+    keep_last: int | None = 2,
+    allow_changes: Iterable[str] = (),
+    say: Callable[[str], None] = print,
 ) -> list[float]:
     """Train the trainable parameters, checkpointing every ``save_every`` steps; if ``folder``
-    already holds a checkpoint, resume from the latest one.
+    already holds a checkpoint, resume from the newest good one.
 
     Args:
         folder: where checkpoints go (on Colab, a Google Drive folder survives a disconnect).
@@ -189,20 +338,47 @@ def train_with_checkpoints(
             weights' own dtype.
         stop_after: end the session after this global step, as a disconnect would (for demos
             and tests); the last checkpoint is what a new session resumes from.
+        keep_last: checkpoints kept besides the final one (None: keep all).
+        allow_changes: settings that may differ from the checkpoint's run on resume, e.g.
+            ``("lr",)``: the new value applies from the resumed step on. A later ``max_steps``
+            is always allowed; the model, twin and LoRA layout never change within a run.
+        say: where resume messages go (skipped checkpoints, changed settings).
     Returns:
         The loss of every optimizer step since step 0 (restored ones included).
+    Raises:
+        RunMismatchError: the checkpoint in ``folder`` was written with other settings.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("The model has no trainable parameters: add adapters first.")
-    if save_every < 1:
-        raise ValueError(f"save_every must be a positive number of steps, got {save_every}")
+    _check_counts(
+        max_steps=max_steps,
+        save_every=save_every,
+        micro_batch_size=micro_batch_size,
+        grad_accum_steps=grad_accum_steps,
+        max_seq_len=max_seq_len,
+    )
+    if keep_last is not None and (not isinstance(keep_last, int) or keep_last < 1):
+        raise ValueError(
+            f"keep_last must be a positive number of checkpoints or None, got {keep_last!r}"
+        )
+    fingerprint = integrity.run_fingerprint(
+        model, dataset, seed=seed, lr=float(lr), schedule="linear warm-up, then cosine to 0",
+        warmup_steps=warmup_steps, micro_batch_size=micro_batch_size,
+        grad_accum_steps=grad_accum_steps, max_seq_len=max_seq_len, max_steps=max_steps,
+        mixed_precision=mixed_precision,
+    )  # fmt: skip
     optimizer = torch.optim.AdamW(params, lr=lr)
     schedule = partial(_lr_factor, warmup_steps=warmup_steps, max_steps=max_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision or "")
     scaler = torch.amp.GradScaler("cuda", enabled=mixed_precision == "fp16")
-    start, losses = _resume(folder, model, optimizer, scheduler, scaler)
+    start, losses = _resume(
+        folder, model, optimizer, scheduler, scaler,
+        fingerprint=fingerprint, allowed=set(allow_changes), say=say,
+    )  # fmt: skip
+    if start >= max_steps and start:
+        say(f"the checkpoint is at step {start}, max_steps is {max_steps}: nothing to train")
     collate = Collator(tokenizer, max_seq_len)
     end = max_steps if stop_after is None else min(max_steps, stop_after)
     model.train()
@@ -226,6 +402,17 @@ def train_with_checkpoints(
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(),
             }
-            save_checkpoint(folder, done, model, optimizer, state)
+            final = done == max_steps
+            save_checkpoint(
+                folder, done, model, optimizer, state, fingerprint=fingerprint, final=final
+            )
+            prune_checkpoints(folder, keep_last)
     model.eval()
     return losses
+
+
+def _check_counts(**counts: int) -> None:
+    """Each must be a positive int: a ValueError naming the argument otherwise."""
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive whole number, got {value!r}")
