@@ -1,79 +1,234 @@
 """The task data: read and validate JSONL, tokenize with the chat template, collate batches.
 
-Records use the prompt/completion format that TRL and ``datasets`` read as they are::
+Records use one of the two formats that TRL and ``datasets`` read as they are::
 
     {"prompt": "Tag this review ...\\nReview: ...", "completion": "{\\"category\\": ...}"}
+    {"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]}
 
-Bring your own data by writing the same two fields; ``load_jsonl`` checks every line and names
-the file, the line and the field at fault.
+Only the completion, or the assistant turns, are learned. Bring your own data in either format
+(UTF-8 with or without a byte order mark, UTF-16, or gzip-compressed); ``load_jsonl`` checks
+every line and names the file, the line and the field at fault.
 """
 
 from __future__ import annotations
 
+import codecs
+import gzip
 import json
+import zlib
 from pathlib import Path
 
 import torch
-from datasets import Dataset
+from datasets import Dataset, DatasetInfo
 from transformers import PreTrainedTokenizerBase
 
 from helpers.paths import TASK_DIR
 from helpers.task import format_prompt
 
 REQUIRED_FIELDS = ("prompt", "completion")
+ROLES = ("system", "user", "assistant")
 IGNORE_INDEX = -100  # labels with this value add nothing to the loss (torch cross_entropy)
+# Files that are not text, by their first bytes: what to tell the learner.
+SIGNATURES = {
+    b"PK\x03\x04": "a zip archive",
+    b"BZh": "a bzip2-compressed file",
+    b"\xfd7zXZ\x00": "an xz-compressed file",
+    b"\x28\xb5\x2f\xfd": "a zstd-compressed file",
+    b"PAR1": "a Parquet file (read it with datasets.load_dataset('parquet', ...))",
+    b"SQLite format 3": "an SQLite database",
+}
+
+
+def _check_text(value: object, where: str, field: str) -> None:
+    """Every string in a value must be encodable (no lone surrogate escape like \\ud800)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            bad = value[err.start]
+            raise ValueError(
+                f"{where}: field {field!r} holds a lone surrogate \\u{ord(bad):04x} at "
+                f"character {err.start}, which is not a character: fix that escape"
+            ) from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key, where, field)
+            _check_text(item, where, field)
+    elif isinstance(value, list):
+        for item in value:
+            _check_text(item, where, field)
+
+
+def _check_string(record: dict, name: str, where: str) -> None:
+    value = record[name]
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: field {name!r} must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise ValueError(f"{where}: field {name!r} is empty")
+
+
+def _check_messages(turns: object, where: str) -> None:
+    """A TRL conversation: a list of {"role", "content"} turns with at least one assistant."""
+    if not isinstance(turns, list) or not turns:
+        raise ValueError(f"{where}: field 'messages' must be a non-empty list of turns")
+    for number, turn in enumerate(turns):
+        at = f"{where}: messages[{number}]"
+        if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
+            raise ValueError(f"{at} must be an object with 'role' and 'content'")
+        if turn["role"] not in ROLES:
+            raise ValueError(f"{at}: role {turn['role']!r} is not one of {ROLES}")
+        if not isinstance(turn["content"], str):
+            raise ValueError(f"{at}: 'content' must be a string")
+    if not any(t["role"] == "assistant" for t in turns):
+        raise ValueError(f"{where}: 'messages' has no assistant turn: nothing to learn")
 
 
 def _check_record(record: object, where: str) -> dict:
-    """Return the record if it is a valid prompt/completion object; raise ValueError if not."""
+    """Return the record if it is a valid prompt/completion or messages object; raise if not."""
     if not isinstance(record, dict):
         raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    for name in REQUIRED_FIELDS:
-        if name not in record:
-            raise ValueError(
-                f"{where}: missing field {name!r} (each line needs "
-                f"{' and '.join(map(repr, REQUIRED_FIELDS))})"
-            )
-        value = record[name]
-        if not isinstance(value, str):
-            raise ValueError(
-                f"{where}: field {name!r} must be a string, got {type(value).__name__}"
-            )
-        if not value.strip():
-            raise ValueError(f"{where}: field {name!r} is empty")
+    if "messages" in record:
+        _check_messages(record["messages"], where)
+    else:
+        for name in REQUIRED_FIELDS:
+            if name not in record:
+                raise ValueError(
+                    f"{where}: missing field {name!r} (each line needs "
+                    f"{' and '.join(map(repr, REQUIRED_FIELDS))}, or 'messages')"
+                )
+            _check_string(record, name, where)
+    for name, value in record.items():
+        _check_text(value, where, name)
     return record
 
 
-def load_jsonl(path: str | Path) -> Dataset:
-    """Read a prompt/completion JSONL file into a ``datasets.Dataset``, checking every line.
+def _json_type(value: object) -> str | None:
+    """JSON's name for a value's type, with a list's element types (None for null)."""
+    if value is None:
+        return None
+    kind = {bool: "boolean", int: "integer", float: "number", str: "string", dict: "object"}
+    if isinstance(value, list):
+        inner = sorted({t for t in map(_json_type, value) if t})
+        return f"list of {' and '.join(inner) or 'nothing'}"
+    return kind.get(type(value), type(value).__name__)
 
-    Args:
-        path: a ``.jsonl`` file, one JSON object per line (blank lines are skipped).
-    Returns:
-        A Dataset with (at least) the columns ``prompt`` and ``completion``.
+
+class _FieldTypes:
+    """Remember each field's type and line; a field whose type changes is a ValueError."""
+
+    def __init__(self, path: Path):
+        self.path, self.seen = path, {}
+
+    def check(self, record: dict, number: int) -> None:
+        for name, value in record.items():
+            kind = _json_type(value)
+            if kind is None:
+                continue
+            first = self.seen.setdefault(name, (kind, number))
+            if first[0] != kind:
+                raise ValueError(
+                    f"{self.path}, line {number}: field {name!r} is a {kind}, but on line "
+                    f"{first[1]} it is a {first[0]}: a column needs one type"
+                )
+
+
+def _decompress(path: Path, raw: bytes) -> bytes:
+    """The file's bytes, gunzipped if it is gzip; a ValueError for other non-text files."""
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            return gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as err:
+            raise ValueError(f"{path}: a gzip file that is damaged or cut short ({err})") from None
+    for magic, what in SIGNATURES.items():
+        if raw.startswith(magic):
+            raise ValueError(f"{path}: {what}, not JSONL text: convert it to a .jsonl file")
+    return raw
+
+
+def _utf16_lines(path: Path, raw: bytes) -> list[str]:
+    """Decode a UTF-16 file (it starts with a byte order mark) into lines."""
+    try:
+        return raw.decode("utf-16").split("\n")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].decode("utf-16", errors="replace").count("\n") + 1
+        raise ValueError(f"{path}, line {line}: not valid UTF-16 ({err.reason})") from None
+
+
+def _text_lines(path: Path) -> list[str]:
+    """The file's lines as text: UTF-8 (BOM or not), UTF-16 with a BOM, or gzip of either.
+
     Raises:
-        FileNotFoundError: no such file.
-        ValueError: the first bad line, as ``<file>, line <n>: <what is wrong>``.
+        ValueError: bytes that are not text in these encodings, with file and line.
     """
-    path = Path(path)
+    raw = _decompress(path, path.read_bytes())
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return _utf16_lines(path, raw)
+    if b"\x00" in raw[:4096]:
+        raise ValueError(
+            f"{path}: holds NUL bytes: UTF-16 without a byte order mark, or not a text file. "
+            "Save it as UTF-8."
+        )
+    lines = raw.removeprefix(codecs.BOM_UTF8).split(b"\n")
+    text = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            text.append(line.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            raise ValueError(
+                f"{path}, line {number}: not valid UTF-8 (byte 0x{line[err.start]:02x} at "
+                f"byte {err.start + 1} of the line): save the file as UTF-8"
+            ) from None
+    return text
+
+
+def _check_path(path: str | Path) -> Path:
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a folder, not a JSONL file: name a file in it")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file (expected a prompt/completion JSONL)")
-    records = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(
-                    f"{where}: invalid JSON ({err.msg} at column {err.colno})"
-                ) from None
-            records.append(_check_record(record, where))
+    return path
+
+
+def load_jsonl(path: str | Path) -> Dataset:
+    """Read a JSONL file of prompt/completion or messages records, checking every line.
+
+    Args:
+        path: a ``.jsonl`` file (``~`` allowed), one JSON object per line (blank lines are
+            skipped); UTF-8 with or without a BOM, UTF-16 with a BOM, or gzip of either.
+    Returns:
+        A Dataset with the columns ``prompt`` and ``completion``, or ``messages`` (and any
+        extra fields).
+    Raises:
+        FileNotFoundError: no such file. IsADirectoryError: the path is a folder.
+        ValueError: the first bad line, as ``<file>, line <n>: <what is wrong>``.
+    """
+    path = _check_path(path)
+    records, types, formats = [], _FieldTypes(path), {}
+    for number, line in enumerate(_text_lines(path), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where}: invalid JSON ({err.msg} at column {err.colno})") from None
+        record = _check_record(record, where)
+        kind = "messages" if "messages" in record else "prompt/completion"
+        formats.setdefault(kind, number)
+        if len(formats) > 1:
+            other = next(k for k in formats if k != kind)
+            raise ValueError(
+                f"{where}: a {kind} record, but line {formats[other]} is {other}: use one format"
+            )
+        types.check(record, number)
+        records.append(record)
     if not records:
         raise ValueError(f"{path}: the file holds no records")
-    return Dataset.from_list(records)
+    try:
+        return Dataset.from_list(records, info=DatasetInfo(description=f"file: {path}"))
+    except Exception as err:  # pyarrow's errors name no file
+        raise ValueError(f"{path}: the records do not form one table ({err})") from None
 
 
 def load_task(split: str) -> Dataset:
@@ -83,22 +238,48 @@ def load_task(split: str) -> Dataset:
     return load_jsonl(TASK_DIR / f"{split}.jsonl")
 
 
-def encode(tokenizer: PreTrainedTokenizerBase, record: dict, max_seq_len: int) -> dict:
-    """Token ids and labels of one record; the prompt's labels are IGNORE_INDEX.
+def _template(tokenizer: PreTrainedTokenizerBase, turns: list[dict], opening: bool) -> str:
+    return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=opening)
 
-    The completion (and its eos) is kept whole; a sequence too long loses the start of its
-    prompt, so the model still learns to answer.
+
+def _segments(tokenizer: PreTrainedTokenizerBase, record: dict) -> list[tuple[str, str]]:
+    """(context text, answer text) per answer: one for prompt/completion, one per assistant
+    turn of a conversation. Each context is the chat template's text since the last answer."""
+    if "messages" not in record:
+        return [(format_prompt(tokenizer, record["prompt"]), record["completion"])]
+    turns, done, pairs = list(record["messages"]), "", []
+    for i, turn in enumerate(turns):
+        if turn["role"] != "assistant":
+            continue
+        context = _template(tokenizer, turns[:i], opening=True)
+        if not context.startswith(done):
+            raise ValueError(
+                "this tokenizer's chat template renders earlier turns differently in later "
+                "prompts: give one assistant turn per record"
+            )
+        pairs.append((context[len(done) :], turn["content"]))
+        done = _template(tokenizer, turns[: i + 1], opening=False)
+    return pairs
+
+
+def encode(tokenizer: PreTrainedTokenizerBase, record: dict, max_seq_len: int) -> dict:
+    """Token ids and labels of one record; labels are IGNORE_INDEX except on the answers.
+
+    The answers are the completion, or each assistant turn of ``messages``, with an eos each.
+    A sequence too long loses its start (the last answer is kept whole up to ``max_seq_len``),
+    so the model still learns to answer.
     """
-    prompt_ids = tokenizer(format_prompt(tokenizer, record["prompt"]), add_special_tokens=False)[
-        "input_ids"
-    ]
-    answer_ids = tokenizer(record["completion"], add_special_tokens=False)["input_ids"]
-    answer_ids = (answer_ids + [tokenizer.eos_token_id])[:max_seq_len]
-    prompt_ids = prompt_ids[max(0, len(prompt_ids) + len(answer_ids) - max_seq_len) :]
-    return {
-        "input_ids": prompt_ids + answer_ids,
-        "labels": [IGNORE_INDEX] * len(prompt_ids) + answer_ids,
-    }
+    ids, labels = [], []
+    for context, answer in _segments(tokenizer, record):
+        context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+        answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        answer_ids = answer_ids + [tokenizer.eos_token_id]
+        ids += context_ids + answer_ids
+        labels += [IGNORE_INDEX] * len(context_ids) + answer_ids
+    if len(answer_ids) >= max_seq_len:  # the last answer alone fills the window: its start
+        start = len(ids) - len(answer_ids)
+        return {"input_ids": ids[start : start + max_seq_len], "labels": answer_ids[:max_seq_len]}
+    return {"input_ids": ids[-max_seq_len:], "labels": labels[-max_seq_len:]}
 
 
 class Collator:
