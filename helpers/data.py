@@ -248,6 +248,7 @@ def _segments(tokenizer: PreTrainedTokenizerBase, record: dict) -> list[tuple[st
     if "messages" not in record:
         return [(format_prompt(tokenizer, record["prompt"]), record["completion"])]
     turns, done, pairs = list(record["messages"]), "", []
+    eos = tokenizer.eos_token or ""
     for i, turn in enumerate(turns):
         if turn["role"] != "assistant":
             continue
@@ -257,8 +258,9 @@ def _segments(tokenizer: PreTrainedTokenizerBase, record: dict) -> list[tuple[st
                 "this tokenizer's chat template renders earlier turns differently in later "
                 "prompts: give one assistant turn per record"
             )
-        pairs.append((context[len(done) :], turn["content"]))
-        done = _template(tokenizer, turns[: i + 1], opening=False)
+        # the answer's eos was appended as a token: do not tokenize the template's copy again
+        pairs.append((context[len(done) :].removeprefix(eos), turn["content"]))
+        done = context + turn["content"]
     return pairs
 
 
