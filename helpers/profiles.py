@@ -7,6 +7,7 @@ the hardware and says why.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -15,6 +16,72 @@ from helpers.hardware import Hardware, detect
 from helpers.paths import TINY_MODEL_DIR
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _whole(low: int):
+    """A rule: a whole number (not a bool) of at least ``low``."""
+
+    def rule(value) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return "must be a whole number"
+        return None if value >= low else f"is too small: it must be at least {low}"
+
+    return rule
+
+
+def _positive_number(value) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "must be a number"
+    return None if math.isfinite(value) and value > 0 else "is not a finite number above 0"
+
+
+def _flag(value) -> str | None:
+    return None if isinstance(value, bool) else "must be a bool (True or False)"
+
+
+def _text(value) -> str | None:
+    if not isinstance(value, str):
+        return "must be a string"
+    return None if value.strip() else "is empty"
+
+
+def _dtype(value) -> str | None:
+    if not isinstance(value, str):
+        return "must be a string"
+    return None if value in _DTYPES else f"is not one of {_DTYPES}"
+
+
+def _modules(value) -> str | None:
+    if not isinstance(value, tuple) or not all(isinstance(v, str) and v for v in value):
+        return "must be a tuple of module names, e.g. ('q_proj', 'v_proj')"
+    return None if value else "is empty: name at least one layer to adapt"
+
+
+def _memory(value) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "must be a number of GiB"
+    return None if math.isfinite(value) and value >= 0 else "is below 0"
+
+
+_DTYPES = ("float32", "float16", "bfloat16")
+_RULES = {
+    "name": _text,
+    "model_id": _text,
+    "compute_dtype": _dtype,
+    "load_in_4bit": _flag,
+    "max_seq_len": _whole(2),
+    "micro_batch_size": _whole(1),
+    "grad_accum_steps": _whole(1),
+    "max_steps": _whole(1),
+    "lr": _positive_number,
+    "lora_r": _whole(1),
+    "lora_alpha": _positive_number,
+    "target_modules": _modules,
+    "eval_examples": _whole(1),
+    "gradient_checkpointing": _flag,
+    "min_gpu_memory_gb": _memory,
+    "description": lambda value: None if isinstance(value, str) else "must be a string",
+}
 
 
 @dataclass(frozen=True)
@@ -37,6 +104,16 @@ class Profile:
     gradient_checkpointing: bool
     min_gpu_memory_gb: float
     description: str
+
+    def __post_init__(self) -> None:
+        """Check every field's type and range; the error names the profile and the field."""
+        if isinstance(self.target_modules, list):  # an override may pass a list
+            object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        for name, rule in _RULES.items():
+            problem = rule(getattr(self, name))
+            if problem:
+                kind = TypeError if problem.startswith("must be a") else ValueError
+                raise kind(f"profile {self.name!r}: {name}={getattr(self, name)!r} {problem}")
 
     @property
     def torch_dtype(self) -> torch.dtype:

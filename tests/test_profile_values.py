@@ -1,0 +1,47 @@
+"""Profile values are checked: a wrong type or value names the profile and the field."""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers.profiles import PROFILES, get_profile
+
+
+@pytest.mark.parametrize(
+    ("override", "error", "expected"),
+    [
+        ({"max_steps": -5}, ValueError, "max_steps=-5 is too small: it must be at least 1"),
+        ({"max_steps": 0}, ValueError, "max_steps=0 is too small"),
+        ({"max_steps": 2.5}, TypeError, "max_steps=2.5 must be a whole number"),
+        ({"max_steps": "10"}, TypeError, "max_steps='10' must be a whole number"),
+        ({"micro_batch_size": True}, TypeError, "micro_batch_size=True must be a whole number"),
+        ({"lr": "fast"}, TypeError, "lr='fast' must be a number"),
+        ({"lr": -1e-4}, ValueError, "lr=-0.0001 is not a finite number above 0"),
+        ({"lr": float("nan")}, ValueError, "lr=nan is not a finite number above 0"),
+        ({"lora_alpha": 0}, ValueError, "lora_alpha=0 is not a finite number"),
+        ({"compute_dtype": "fp16"}, ValueError, "compute_dtype='fp16' is not one of"),
+        ({"load_in_4bit": "yes"}, TypeError, "load_in_4bit='yes' must be a bool"),
+        ({"target_modules": ()}, ValueError, "target_modules=() is empty"),
+        ({"target_modules": "q_proj"}, TypeError, "must be a tuple of module names"),
+        ({"max_seq_len": 1}, ValueError, "max_seq_len=1 is too small: it must be at least 2"),
+        ({"min_gpu_memory_gb": -1}, ValueError, "min_gpu_memory_gb=-1 is below 0"),
+        ({"model_id": ""}, ValueError, "model_id='' is empty"),
+    ],
+)
+def test_bad_values_name_profile_and_field(override, error, expected):
+    with pytest.raises(error) as err:
+        get_profile("tiny", **override)
+    assert str(err.value).startswith("profile 'tiny': ") and expected in str(err.value)
+
+
+def test_unknown_field_is_named():
+    with pytest.raises(ValueError, match=r"Unknown profile field\(s\) \['max_step'\]"):
+        get_profile("tiny", max_step=10)
+
+
+def test_good_overrides_and_every_shipped_profile_pass():
+    profile = get_profile("tiny", max_steps=7, lr=1e-3, target_modules=["q_proj", "v_proj"])
+    assert profile.max_steps == 7 and profile.target_modules == ("q_proj", "v_proj")
+    assert get_profile("tiny", lr=1).lr == 1  # an int learning rate is a number too
+    for name in PROFILES:
+        assert get_profile(name).name == name
