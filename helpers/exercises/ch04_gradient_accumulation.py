@@ -11,25 +11,43 @@ import random
 from helpers.memory import RunSpec, naive
 
 
-def check_scaled_losses(fn) -> None:
-    """``fn(loss_sums, target_counts)`` must divide each summed loss by the window's count."""
+def _window(rng: random.Random) -> tuple[list[float], list[int]]:
+    """Summed losses and target counts of k micro-batches with k distinct counts.
+
+    Distinct counts matter: with equal counts the mean of means equals the right answer, so the
+    check could not tell them apart (and used to reject right answers when counts tied).
+    """
+    k = rng.randint(2, 5)
+    counts = rng.sample(range(1, 201), k)  # without replacement: all different
+    return [rng.uniform(0.5, 3.0) * c for c in counts], counts
+
+
+def check_scaled_losses(fn, seed: int | None = None) -> None:
+    """``fn(loss_sums, target_counts)`` must divide each summed loss by the window's count.
+
+    Args:
+        seed: the draws' seed (None: fresh draws each time, so no answer can be memorised).
+    """
+    rng = random.Random(seed)
     for _ in range(5):
-        k = random.randint(2, 5)
-        counts = [random.randint(1, 200) for _ in range(k)]
-        sums = [random.uniform(0.5, 3.0) * c for c in counts]
+        sums, counts = _window(rng)
         got = fn(list(sums), list(counts))
-        assert len(got) == k, f"return one loss per micro-batch ({k}), got {len(got)}"
+        assert len(got) == len(counts), (
+            f"return one loss per micro-batch ({len(counts)}), got {len(got)}"
+        )
         expected = [s / sum(counts) for s in sums]
-        mean_of_means = [s / c / k for s, c in zip(sums, counts, strict=True)]
+        if all(math.isclose(float(g), e, rel_tol=1e-6) for g, e in zip(got, expected, strict=True)):
+            continue  # right: checked first, so a right answer can never be called wrong
+        mean_of_means = [s / c / len(counts) for s, c in zip(sums, counts, strict=True)]
         is_mean_of_means = all(
             math.isclose(float(g), m, rel_tol=1e-6) for g, m in zip(got, mean_of_means, strict=True)
         )
         assert not is_mean_of_means, (
             "that is the mean of means: divide by the window's token count instead"
         )
-        assert all(
-            math.isclose(float(g), e, rel_tol=1e-6) for g, e in zip(got, expected, strict=True)
-        ), "each micro-batch's summed loss / the number of target tokens in the whole window"
+        raise AssertionError(
+            "each micro-batch's summed loss / the number of target tokens in the whole window"
+        )
 
 
 def check_adamw_state_bytes(fn) -> None:
