@@ -4,8 +4,11 @@ draws: no flaky verdicts (ties, equal counts)."""
 from __future__ import annotations
 
 import pytest
+import torch
 
+from helpers.exercises import ch01_quantization as ch01
 from helpers.exercises import ch04_gradient_accumulation as ch04
+from solutions import ch01_quantization as solutions_ch01
 from solutions import ch04_gradient_accumulation as solutions
 
 SEEDS = 20_000
@@ -49,3 +52,26 @@ def test_windows_never_have_equal_counts():
     for _ in range(SEEDS):
         _, counts = ch04._window(rng)
         assert len(set(counts)) == len(counts)
+
+
+def _divides_first(x):
+    """Right, computed in another order: x / absmax * 127 (not x * (127 / absmax))."""
+    x = x.float()
+    absmax = x.abs().max()
+    return torch.round(x / absmax * 127) * absmax / 127
+
+
+def _floors(x):
+    x = x.float()
+    absmax = x.abs().max()
+    return torch.floor(x * (127 / absmax)) * absmax / 127
+
+
+def test_absmax_checker_accepts_another_order_and_rejects_floor():
+    torch.manual_seed(0)
+    for _ in range(300):  # 300 x 331 random values: midpoints do occur
+        ch01.check_absmax_int8_roundtrip(_divides_first)
+        ch01.check_absmax_int8_roundtrip(solutions_ch01.absmax_int8_roundtrip)
+    for _ in range(50):
+        with pytest.raises(AssertionError):
+            ch01.check_absmax_int8_roundtrip(_floors)

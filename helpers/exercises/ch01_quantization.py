@@ -25,8 +25,14 @@ def check_absmax_int8_roundtrip(fn) -> None:
             "you returned x unchanged: did you round to integers before scaling back?"
         )
         assert out.float().unique().numel() <= 255, "int8 has at most 255 levels (-127..127)"
-        close = torch.allclose(out.float(), expected, rtol=0, atol=1e-6 * absmax.item())
-        assert close, "scale by 127 / absmax, round, then multiply by absmax / 127"
+        error = (out.float() - expected).abs()
+        # x * 127 / absmax computed in another order may land on the other side of a .5
+        # midpoint: one step off there is still right (the draws are random, so it happens).
+        scaled = x.float() * (127 / absmax)
+        at_midpoint = ((scaled - scaled.floor()) - 0.5).abs() < 1e-4
+        step = absmax.item() / 127
+        right = (error <= 1e-6 * absmax.item()) | (at_midpoint & (error <= step * 1.001))
+        assert bool(right.all()), "scale by 127 / absmax, round, then multiply by absmax / 127"
 
 
 def check_nf4_bits_per_param(fn) -> None:
