@@ -194,3 +194,16 @@ def test_storage_estimate_matches_disk_and_scales_to_t4(reference, model_dir):
     assert t4 == 12 * 18_464_768  # r=16 on 7 linears x 28 layers: 18.5M values, 12 B each
     assert integrity.storage_bytes(t4, keep_last=2, n_saves=250) == 3 * t4
     assert integrity.storage_bytes(t4, keep_last=None, n_saves=250) == 250 * t4
+
+
+def test_run_storage_for_each_profile():
+    from helpers.profiles import PROFILES
+
+    t4 = integrity.run_storage(PROFILES["t4"], max_steps=1000, save_every=4)
+    assert t4["n_saves"] == 250 and t4["kept"] == 3
+    assert t4["total_bytes"] == 3 * t4["bytes_per_checkpoint"] == 3 * 12 * 18_464_768
+    assert t4["unpruned_bytes"] == 250 * t4["bytes_per_checkpoint"]
+    for profile in PROFILES.values():  # every profile's model has known sizes
+        assert integrity.run_storage(profile, 10, 4, keep_last=None)["kept"] == 3
+    with pytest.raises(ValueError, match="no local config.json"):
+        integrity.model_shape("someone/unknown-model")

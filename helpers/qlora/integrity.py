@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from pathlib import Path
 
 from torch import nn
 
 from helpers.memory import ModelShape, RunSpec
-from helpers.memory.naive import trainable_sizes
+from helpers.memory.naive import MODELS, trainable_sizes
 
 PREFIX = "checkpoint-"
 MANIFEST = "manifest.json"
@@ -230,3 +231,59 @@ def storage_bytes(bytes_per_checkpoint: int, keep_last: int | None, n_saves: int
     """
     kept = n_saves if keep_last is None else min(n_saves, keep_last + 1)
     return bytes_per_checkpoint * kept
+
+
+# Qwen/Qwen2.5-7B config.json (hidden, intermediate, layers, heads, kv heads, head size, vocab):
+# the t4-8b profile's model, which the memory planner's table does not list.
+_MORE_SHAPES = {
+    "Qwen2.5-7B": ModelShape(
+        "Qwen2.5-7B",
+        3584,
+        18944,
+        28,
+        28,
+        4,
+        128,
+        152064,
+        False,
+        True,
+        "Qwen/Qwen2.5-7B config.json on the Hugging Face hub",
+    ),  # fmt: skip
+}
+
+
+def model_shape(model_id: str) -> ModelShape:
+    """The sizes of a profile's model: read from a local folder's config, else the planner's
+    table (``helpers.memory.naive.MODELS``, matched by name, e.g. Qwen/Qwen2.5-1.5B-Instruct).
+
+    Raises:
+        ValueError: neither a local model folder nor a model the table knows.
+    """
+    folder = Path(model_id).expanduser()
+    if (folder / "config.json").is_file():
+        from transformers import AutoConfig
+
+        return ModelShape.from_config(AutoConfig.from_pretrained(folder), folder.name)
+    for name, shape in {**MODELS, **_MORE_SHAPES}.items():
+        if name.lower() in model_id.lower():
+            return shape
+    raise ValueError(f"{model_id}: no local config.json and not one of {sorted(MODELS)}")
+
+
+def run_storage(profile, max_steps: int, save_every: int, keep_last: int | None = 2) -> dict:
+    """How much disk a run's checkpoints take, for a profile (``helpers.profiles.Profile``).
+
+    Returns:
+        ``bytes_per_checkpoint`` (predicted), ``n_saves``, ``kept`` (at most, the final one
+        included), ``total_bytes`` (kept x per checkpoint) and ``unpruned_bytes`` (all saves).
+    """
+    per = checkpoint_bytes(model_shape(profile.model_id), profile.lora_r, profile.target_modules)
+    n_saves = math.ceil(max_steps / save_every)
+    total = storage_bytes(per, keep_last, n_saves)
+    return {
+        "bytes_per_checkpoint": per,
+        "n_saves": n_saves,
+        "kept": total // per,
+        "total_bytes": total,
+        "unpruned_bytes": per * n_saves,
+    }
