@@ -89,6 +89,7 @@ def single_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (Linux, macOS)")
 def test_sigkill_during_saves_then_resume_is_bit_identical(tmp_path, single_thread):
     tok = tokenizer()
     model_dir = make_model_dir(tmp_path / "model", len(tok))
