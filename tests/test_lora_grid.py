@@ -89,7 +89,7 @@ def test_rounding_twice_is_caught(dtype):
     twice = _round_twice_merge(base.weight.detach(), layer_n.delta_weight())
     layer_p.merge()
     differ = (twice != layer_p.base_layer.weight).float().mean().item()
-    assert differ > 0.05  # measured 25 to 30 % with this adapter size
+    assert differ > 0.05  # measured 30 % with this adapter (B ~ N(0, 0.5^2): update > W)
 
 
 def _llama(dtype: torch.dtype) -> LlamaForCausalLM:

@@ -144,7 +144,8 @@ class LoRALinear(nn.Module):
 
         The sum is computed in the adapter's precision (fp32 on a 16-bit base) and rounded to
         W's dtype once, as peft does. Rounding the update to fp16 first and then the sum again
-        (two roundings) changes about a quarter of the merged weights by one ulp.
+        (two roundings) leaves some merged weights one ulp off the correctly rounded value: 7 %
+        of them for an update 8 % of W's size, 30 % for one larger than W (measured, 256 x 128).
         """
         if not self.merged:
             weight = self._base_weight()
