@@ -47,7 +47,7 @@ def test_layer_grid_bit_exact(dtype, shape, r, alpha, use_rslora):
     layer_p = library.LoRALinear(copy.deepcopy(base), r, alpha, dropout=0.25, use_rslora=use_rslora)
     # Both keep fp32 adapters over a 16-bit base (peft's autocast_adapter_dtype rule).
     assert layer_n.lora_A.weight.dtype == layer_p.lora_A["default"].weight.dtype
-    assert layer_n.lora_A.weight.dtype == naive.adapter_dtype(dtype)
+    assert layer_n.lora_A.weight.dtype == naive._adapter_dtype(dtype)
     assert layer_n.scaling == layer_p.scaling["default"]
     _copy_adapter(layer_n, layer_p)
     x = torch.randn(2, 3, in_features).to(dtype)  # fresh input every run

@@ -43,7 +43,7 @@ ADAPTER_CONFIG_NAME = "adapter_config.json"
 KEY_PREFIX = "base_model.model."  # peft saves keys relative to PeftModel -> LoraModel -> model
 
 
-def adapter_dtype(base_dtype: torch.dtype) -> torch.dtype:
+def _adapter_dtype(base_dtype: torch.dtype) -> torch.dtype:
     """The dtype the LoRA matrices are kept in over a base weight of ``base_dtype``.
 
     peft's rule (``get_peft_model(..., autocast_adapter_dtype=True)``, its default, in
@@ -74,8 +74,8 @@ class LoRALinear(nn.Module):
 
     Args:
         base_layer: the pretrained ``nn.Linear`` (chapter 03 passes a 4-bit subclass); its
-            forward is ``x -> W x (+ b)``. A and B are kept in ``adapter_dtype(W.dtype)``: fp32
-            over an fp16/bf16 (or quantized) base, as ``get_peft_model`` keeps them.
+            forward is ``x -> W x (+ b)``. A and B are kept in fp32 over an fp16/bf16 (or
+            quantized) base, in W's dtype over fp32/fp64, as ``get_peft_model`` keeps them.
         r: rank of the update, >= 1.
         alpha: scale numerator; the update is multiplied by ``alpha / r``
             (or ``alpha / sqrt(r)`` with ``use_rslora``, Kalajdzievski 2023).
@@ -109,8 +109,9 @@ class LoRALinear(nn.Module):
         # implementation, microsoft/LoRA loralib/layers.py, for the same two lines).
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B.weight)
-        self.lora_A.to(base_layer.weight.device, adapter_dtype(base_layer.weight.dtype))
-        self.lora_B.to(base_layer.weight.device, adapter_dtype(base_layer.weight.dtype))
+        dtype = _adapter_dtype(base_layer.weight.dtype)  # fp32 over fp16/bf16, as peft
+        self.lora_A.to(base_layer.weight.device, dtype)
+        self.lora_B.to(base_layer.weight.device, dtype)
         self.merged = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
