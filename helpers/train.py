@@ -8,6 +8,7 @@ why averaging per-micro-batch means does not).
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +62,9 @@ def train(
         optimizer: defaults to AdamW(lr) over the parameters with ``requires_grad``.
         mixed_precision: "fp16" (autocast + loss scaling, for a T4) or "bf16" (autocast) on a
             GPU; None computes in the weights' own dtype.
+    Returns:
+        One loss per optimizer step; a window with no target tokens is skipped with a warning
+        (no step, no loss), as in ``helpers.accumulation``.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -73,11 +77,18 @@ def train(
     model.train()
     losses: list[float] = []
     bar = tqdm(range(max_steps), desc="training", disable=not progress)
-    for _ in bar:
+    for step in bar:
         window = [
             {k: v.to(device) for k, v in next(batches).items()} for _ in range(grad_accum_steps)
         ]
         n_targets = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in window)
+        if n_targets == 0:  # every completion cut off by max_seq_len: no loss, so no step
+            warnings.warn(
+                f"window {step} skipped, no optimizer step: the window has no target tokens "
+                "(every label after the first is -100); raise max_seq_len?",
+                stacklevel=2,
+            )
+            continue
         total = 0.0
         for batch in window:
             ctx = torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext()

@@ -15,4 +15,5 @@ PUBLIC_NAMES = (
     "window_gradients",
     "mean_of_means_gradients",
     "train",
+    "skip_window",
 )

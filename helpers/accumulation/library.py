@@ -27,7 +27,7 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from helpers.accumulation.naive import count_targets
+from helpers.accumulation.naive import _require_targets, count_targets, skip_window
 
 __all__ = [
     "count_targets",
@@ -35,6 +35,7 @@ __all__ = [
     "window_gradients",
     "mean_of_means_gradients",
     "train",
+    "skip_window",
 ]
 
 
@@ -51,6 +52,7 @@ def _take_grads(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def full_batch_gradients(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict:
     """Gradient of transformers' own loss (mean over target tokens) on one batch."""
+    _require_targets([batch], per_batch=False)  # transformers would return a NaN loss
     model.zero_grad(set_to_none=True)
     model(**batch).loss.backward()
     return _take_grads(model)
@@ -77,6 +79,7 @@ def window_gradients(model: nn.Module, micro_batches: Sequence[dict[str, torch.T
     Returns:
         ``{parameter name: gradient}``.
     """
+    _require_targets(micro_batches, per_batch=False)
     model.zero_grad(set_to_none=True)
     _accumulate(model, micro_batches, count_window=True)
     return _take_grads(model)
@@ -86,6 +89,7 @@ def mean_of_means_gradients(
     model: nn.Module, micro_batches: Sequence[dict[str, torch.Tensor]]
 ) -> dict:
     """What ``accelerator.backward(model(**batch).loss)`` accumulates: the mean of the means."""
+    _require_targets(micro_batches, per_batch=True)
     model.zero_grad(set_to_none=True)
     _accumulate(model, micro_batches, count_window=False)
     return _take_grads(model)
@@ -102,15 +106,21 @@ def train(
     """The same training loop through accelerate: a prepared optimizer steps every k-th batch.
 
     Returns:
-        Each window's summed token losses / N (the same measure as the naive twin).
+        Each window's summed token losses / N (the same measure as the naive twin). Windows
+        without target tokens are skipped with the naive twin's warning (``skip_window``);
+        whole windows are skipped, so accelerate's micro-batch count stays aligned.
     """
     windows = [list(w) for w in windows]
+    if not windows:
+        return []
     accelerator = _accelerator(len(windows[0]))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = accelerator.prepare(optimizer or torch.optim.AdamW(params, lr=lr))
     model.train()
     losses = []
-    for window in windows:
+    for step, window in enumerate(windows):
+        if skip_window(window, step, per_batch=mean_of_means):
+            continue
         n_targets, total = torch.tensor(count_targets(window)), 0.0
         for batch in window:
             with accelerator.accumulate(model):

@@ -18,6 +18,7 @@ Public API (the same names as ``helpers.accumulation.library``):
     window_gradients(model, micro_batches)  correct accumulation (divide by the window's N)
     mean_of_means_gradients(model, micro_batches)   the buggy average, for the lesson
     train(model, windows, *, lr, mean_of_means=False, optimizer=None) -> losses
+    skip_window(window, step, per_batch) -> bool   the rule both loops use for empty windows
 
 Each ``*_gradients`` returns ``{name: grad}`` (copies) and leaves the model's grads cleared.
 A batch is a dict of (B, T) tensors: input_ids, attention_mask, labels (-100 = no target).
@@ -25,6 +26,7 @@ A batch is a dict of (B, T) tensors: input_ids, attention_mask, labels (-100 = n
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -38,6 +40,34 @@ def count_targets(batches: Sequence[dict[str, torch.Tensor]]) -> int:
     """Number of predicted tokens in a window: position t predicts label t + 1, so the first
     label of each row is never a target (transformers counts ``labels[..., 1:]`` too)."""
     return sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
+
+
+def _require_targets(micro_batches: Sequence[dict[str, torch.Tensor]], per_batch: bool) -> int:
+    """The window's target count N; raise if it is 0 (or, for per-micro-batch means, if any
+    micro-batch has none): a mean over no tokens is 0 / 0."""
+    counts = [count_targets([b]) for b in micro_batches]
+    if not micro_batches or sum(counts) == 0:
+        raise ValueError(
+            "the window has no target tokens (every label after the first is -100): there is "
+            "no loss to average; skip this window (train() does, with a warning)"
+        )
+    if per_batch and 0 in counts:
+        raise ValueError(
+            f"micro-batch {counts.index(0)} has no target tokens: its mean loss is 0 / 0"
+        )
+    return sum(counts)
+
+
+def skip_window(window: Sequence[dict[str, torch.Tensor]], step: int, per_batch: bool) -> bool:
+    """True (with a warning) for a window the training loops must skip: no target tokens, or
+    with per-micro-batch means a micro-batch without any. Both twins call this, so they skip the
+    same windows with the same message and take no optimizer step for them."""
+    try:
+        _require_targets(window, per_batch)
+    except ValueError as err:
+        warnings.warn(f"window {step} skipped, no optimizer step: {err}", stacklevel=3)
+        return True
+    return False
 
 
 def token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -61,8 +91,9 @@ def _take_grads(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def full_batch_gradients(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict:
     """Gradient of the mean token loss over one (large) batch: what accumulation must match."""
+    n_targets = _require_targets([batch], per_batch=False)
     model.zero_grad(set_to_none=True)
-    (token_loss_sum(model, batch) / count_targets([batch])).backward()
+    (token_loss_sum(model, batch) / n_targets).backward()
     return _take_grads(model)
 
 
@@ -74,8 +105,8 @@ def window_gradients(model: nn.Module, micro_batches: Sequence[dict[str, torch.T
     Returns:
         ``{parameter name: gradient}``, equal to ``full_batch_gradients`` of the k joined.
     """
+    n_targets = _require_targets(micro_batches, per_batch=False)  # N, before any backward
     model.zero_grad(set_to_none=True)
-    n_targets = count_targets(micro_batches)  # N, counted before any backward
     for batch in micro_batches:
         (token_loss_sum(model, batch) / n_targets).backward()  # grads add up in p.grad
     return _take_grads(model)
@@ -85,6 +116,7 @@ def mean_of_means_gradients(
     model: nn.Module, micro_batches: Sequence[dict[str, torch.Tensor]]
 ) -> dict:
     """The buggy average: each micro-batch's mean loss, divided by k (the number of them)."""
+    _require_targets(micro_batches, per_batch=True)
     model.zero_grad(set_to_none=True)
     for batch in micro_batches:
         mean_loss = token_loss_sum(model, batch) / count_targets([batch])
@@ -107,13 +139,17 @@ def train(
         mean_of_means: use the buggy average instead of the window's token count.
     Returns:
         The window's loss per step: summed token losses / N (the same measure for both
-        modes, so their curves can share a plot).
+        modes, so their curves can share a plot). A window with no target tokens (or, with
+        ``mean_of_means``, a micro-batch without any) is skipped with a warning: no step, no
+        loss in the list.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = optimizer or torch.optim.AdamW(params, lr=lr)
     model.train()
     losses = []
-    for window in windows:
+    for step, window in enumerate(windows):
+        if skip_window(window, step, per_batch=mean_of_means):
+            continue
         n_targets, total = count_targets(window), 0.0
         for batch in window:
             loss_sum = token_loss_sum(model, batch)

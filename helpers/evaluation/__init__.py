@@ -22,6 +22,7 @@ PUBLIC_NAMES = (
     "perplexity",
     "greedy_generate",
     "score_choices",
+    "mc_predictions",
     "task_scores",
     "bootstrap_ci",
 )

@@ -32,6 +32,7 @@ __all__ = [
     "perplexity",
     "greedy_generate",
     "score_choices",
+    "mc_predictions",
     "task_scores",
     "bootstrap_ci",
 ]
@@ -79,6 +80,7 @@ def perplexity(
     Returns:
         ``{"ppl", "nll_sum", "n_tokens"}``.
     """
+    naive._check_stream(token_ids, max_length)  # transformers would divide 0 by 0: NaN
     device = next(model.parameters()).device
     nll_sum, n_scored = 0.0, 0
     for begin, end, first_new in naive._windows(
@@ -107,6 +109,8 @@ def greedy_generate(
 
     Args and Returns as in the naive twin: (B, T) left-padded prompts in, (B, S) tokens out.
     """
+    if naive._no_new_tokens(input_ids, max_new_tokens):  # generate refuses 0 new tokens
+        return input_ids.new_empty(input_ids.shape[0], 0)  # (B, 0)
     out = model.generate(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -130,6 +134,7 @@ def score_choices(
     Returns:
         ``(logprob_sum, n_tokens)``: (C,) float32 and (C,), as in the naive twin.
     """
+    naive._check_choices(context_ids, choice_ids)
     device = next(model.parameters()).device
     rows = [context_ids + choice for choice in choice_ids]
     width = max(map(len, rows))
@@ -142,6 +147,30 @@ def score_choices(
         labels[i, len(context_ids) : len(row)] = torch.tensor(row[len(context_ids) :])
     nll, counts = sequence_nll(model, input_ids, labels, attention_mask)
     return -nll, counts
+
+
+def mc_predictions(
+    logprob_sum: torch.Tensor, choices: list[str], n_tokens: torch.Tensor | None = None
+) -> dict[str, int]:
+    """lm-evaluation-harness' own formulas, vectorised with numpy as the harness writes them
+    (``lm_eval/api/task.py``, ``process_results``, ``multiple_choice``): ``np.argmax(lls)``,
+    ``np.argmax(lls / completion_len)``, ``np.argmax(lls / byte_length)``.
+
+    Returns:
+        ``{"acc": i, "acc_norm": i, "acc_bytes": i[, "acc_per_token": i]}``, as the naive twin.
+    """
+    lls = np.asarray([float(v) for v in logprob_sum], dtype=np.float64)
+    naive._check_mc(list(lls), choices, n_tokens)
+    completion_len = np.array([float(len(i)) for i in choices])
+    byte_length = np.array([float(len(i.encode("utf-8"))) for i in choices])
+    picks = {
+        "acc": int(np.argmax(lls)),
+        "acc_norm": int(np.argmax(lls / completion_len)),
+        "acc_bytes": int(np.argmax(lls / byte_length)),
+    }
+    if n_tokens is not None:
+        picks["acc_per_token"] = int(np.argmax(lls / np.asarray(n_tokens, dtype=np.float64)))
+    return picks
 
 
 def task_scores(predictions: list[str], references: list[str]) -> dict[str, np.ndarray]:
@@ -172,7 +201,7 @@ def bootstrap_ci(
     Returns:
         ``(estimate, low, high)``, as in the naive twin.
     """
-    values = np.asarray(values, dtype=np.float64)
+    values = naive._check_bootstrap(values, n_resamples, confidence)
     n = len(values)
     rng = np.random.default_rng(seed)
     index = rng.integers(0, n, size=(n_resamples, n))  # (R, n)

@@ -8,6 +8,7 @@ multiple-choice question, R bootstrap resamples, n examples.
   window when the stream is longer than the model's context.
 - ``greedy_generate``: the decoding loop (argmax, one token at a time, with a KV cache).
 - ``score_choices``: multiple-choice scoring by the log-likelihood of each choice.
+- ``mc_predictions``: the choice each of lm-evaluation-harness' normalisations picks.
 - ``task_scores``: the course task's metrics per example (exact match, valid JSON, fields).
 - ``bootstrap_ci``: a percentile bootstrap confidence interval of any statistic.
 
@@ -17,6 +18,7 @@ multiple-choice question, R bootstrap resamples, n examples.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -30,6 +32,7 @@ __all__ = [
     "perplexity",
     "greedy_generate",
     "score_choices",
+    "mc_predictions",
     "task_scores",
     "bootstrap_ci",
 ]
@@ -80,6 +83,23 @@ def _windows(n_tokens: int, max_length: int, stride: int):
             break
 
 
+def _check_stream(token_ids: torch.Tensor, max_length: int) -> None:
+    """Perplexity scores every token but the first: it needs a 1-D stream of 2 tokens or more,
+    and windows of 2 tokens or more (a 1-token window has no token with context)."""
+    if not isinstance(token_ids, torch.Tensor) or token_ids.dim() != 1:
+        got = tuple(token_ids.shape) if isinstance(token_ids, torch.Tensor) else type(token_ids)
+        raise TypeError(f"token_ids must be a 1-D tensor of token ids (N,), got {got}")
+    if token_ids.numel() < 2:
+        raise ValueError(
+            f"token_ids has {token_ids.numel()} token(s): perplexity needs at least 2, since "
+            "the first token has no context and is never scored"
+        )
+    if not isinstance(max_length, int) or max_length < 2:
+        raise ValueError(
+            f"max_length must be an integer >= 2 (a window's tokens), got {max_length!r}"
+        )
+
+
 def perplexity(
     model: torch.nn.Module,
     token_ids: torch.Tensor,
@@ -99,7 +119,10 @@ def perplexity(
     Returns:
         ``{"ppl", "nll_sum", "n_tokens"}``. A token with no context in its window is not
         scored: the stream's first token, and without overlap the first of every window.
+    Raises:
+        ValueError: fewer than 2 tokens, or ``max_length`` < 2: nothing would be scored.
     """
+    _check_stream(token_ids, max_length)
     device = next(model.parameters()).device
     nll_sum, n_scored = 0.0, 0
     for begin, end, first_new in _windows(token_ids.numel(), max_length, stride or max_length):
@@ -109,6 +132,17 @@ def perplexity(
         nll, count = sequence_nll(model, ids, labels)
         nll_sum, n_scored = nll_sum + nll.item(), n_scored + int(count.item())
     return {"ppl": float(np.exp(nll_sum / n_scored)), "nll_sum": nll_sum, "n_tokens": n_scored}
+
+
+def _no_new_tokens(input_ids: torch.Tensor, max_new_tokens: int) -> bool:
+    """True for max_new_tokens == 0 (the answer is B empty rows); raise on a bad count."""
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool):
+        raise TypeError(f"max_new_tokens must be an int, got {type(max_new_tokens).__name__}")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+        raise ValueError(f"input_ids must be (B, T) with T >= 1, got {tuple(input_ids.shape)}")
+    return max_new_tokens == 0
 
 
 @torch.no_grad()
@@ -127,8 +161,11 @@ def greedy_generate(
         attention_mask: (B, T) 1 for real tokens, 0 for the left padding.
     Returns:
         (B, S) the new tokens, S <= max_new_tokens; a row that has emitted eos continues with
-        ``pad_token_id`` until every row has finished (as ``model.generate`` does).
+        ``pad_token_id`` until every row has finished (as ``model.generate`` does). For
+        ``max_new_tokens=0``, (B, 0).
     """
+    if _no_new_tokens(input_ids, max_new_tokens):
+        return input_ids.new_empty(input_ids.shape[0], 0)  # (B, 0): nothing asked, nothing run
     if not bool(attention_mask[:, -1].all()):
         raise ValueError("greedy_generate needs left padding: set tokenizer.padding_side='left'")
     # A row's positions count its real tokens only; left pads get position 0 (masked anyway).
@@ -156,6 +193,22 @@ def greedy_generate(
     return torch.stack(new_tokens, dim=1)  # (B, S)
 
 
+def _check_choices(context_ids: list[int], choice_ids: list[list[int]]) -> None:
+    if len(context_ids) == 0:
+        raise ValueError(
+            "context_ids is empty: the first token of each choice would have no context to be "
+            "predicted from (and would go unscored); start the context with the BOS token"
+        )
+    if len(choice_ids) == 0:
+        raise ValueError("choice_ids is empty: a question needs at least one choice")
+    for i, choice in enumerate(choice_ids):
+        if len(choice) == 0:
+            raise ValueError(
+                f"choice {i} has no tokens: its log-likelihood would be 0, the largest possible, "
+                "so it would always win; drop it or give it text"
+            )
+
+
 @torch.no_grad()
 def score_choices(
     model: torch.nn.Module, context_ids: list[int], choice_ids: list[list[int]]
@@ -170,7 +223,11 @@ def score_choices(
         choice_ids: C lists of token ids, one per choice.
     Returns:
         ``(logprob_sum, n_tokens)``: (C,) float32 sums of log p(choice token), (C,) lengths.
+    Raises:
+        ValueError: an empty context (the choice's first token would have nothing to be
+            predicted from), no choices, or an empty choice (log p = 0 would win).
     """
+    _check_choices(context_ids, choice_ids)
     device = next(model.parameters()).device
     sums, lengths = [], []
     for choice in choice_ids:
@@ -181,6 +238,63 @@ def score_choices(
         sums.append(-nll[0])
         lengths.append(count[0])
     return torch.stack(sums), torch.stack(lengths)
+
+
+def mc_predictions(
+    logprob_sum: torch.Tensor, choices: list[str], n_tokens: torch.Tensor | None = None
+) -> dict[str, int]:
+    """The choice each normalisation of lm-evaluation-harness picks, by the harness' names.
+
+    lm-evaluation-harness, ``lm_eval/api/task.py``, ``ConfigurableTask.process_results``
+    (``multiple_choice`` branch): ``acc`` takes ``argmax(lls)``; ``acc_norm`` divides each
+    log-likelihood by ``len(choice)``, the choice's length in characters
+    (``completion_len``); ``acc_bytes`` by ``len(choice.encode("utf-8"))`` (``byte_length``).
+    Lengths are of the choice text alone, without the space the harness puts before it. The
+    first of equal scores wins (``np.argmax``). ``acc_per_token`` (divide by the number of
+    tokens) is not a harness metric; with one-token choices it equals ``acc``.
+
+    Args:
+        logprob_sum: (C,) summed log p of each choice (``score_choices``).
+        choices: the C choice texts, in the same order.
+        n_tokens: (C,) token counts; adds ``acc_per_token`` when given.
+    Returns:
+        ``{"acc": i, "acc_norm": i, "acc_bytes": i[, "acc_per_token": i]}``: chosen indices.
+    """
+    scores = [float(v) for v in logprob_sum]
+    _check_mc(scores, choices, n_tokens)
+    divisors = {
+        "acc": [1.0] * len(choices),
+        "acc_norm": [float(len(c)) for c in choices],
+        "acc_bytes": [float(len(c.encode("utf-8"))) for c in choices],
+    }
+    if n_tokens is not None:
+        divisors["acc_per_token"] = [float(n) for n in n_tokens]
+    picks = {}
+    for name, divisor in divisors.items():
+        normed = [score / d for score, d in zip(scores, divisor, strict=True)]
+        best = 0
+        for i, value in enumerate(normed):
+            if value > normed[best]:  # strictly greater: the first maximum wins, as np.argmax
+                best = i
+        picks[name] = best
+    return picks
+
+
+def _check_mc(scores: list[float], choices: list[str], n_tokens) -> None:
+    if len(choices) == 0:
+        raise ValueError("choices is empty: a question needs at least one choice")
+    if len(scores) != len(choices) or (n_tokens is not None and len(n_tokens) != len(choices)):
+        raise ValueError(
+            f"logprob_sum has {len(scores)} scores for {len(choices)} choices"
+            + ("" if n_tokens is None else f" and n_tokens {len(n_tokens)} counts")
+        )
+    for i, (score, text) in enumerate(zip(scores, choices, strict=True)):
+        if not isinstance(text, str) or not text:
+            raise ValueError(f"choice {i} ({text!r}) is not a non-empty string: no length")
+        if not np.isfinite(score):
+            raise ValueError(f"logprob_sum[{i}] is {score}: a log-likelihood must be finite")
+    if n_tokens is not None and any(int(n) <= 0 for n in n_tokens):
+        raise ValueError(f"n_tokens must all be >= 1, got {[int(n) for n in n_tokens]}")
 
 
 def _parse(text: str) -> dict | None:
@@ -236,8 +350,11 @@ def bootstrap_ci(
         seed: seeds numpy's PCG64 generator, so the interval is reproducible.
     Returns:
         ``(estimate, low, high)``: the statistic on all data and the interval's ends.
+    Raises:
+        ValueError: NaN or inf in ``values``, ``confidence`` not in (0, 1), or fewer than
+            ``2 / (1 - confidence)`` resamples.
     """
-    values = np.asarray(values, dtype=np.float64)
+    values = _check_bootstrap(values, n_resamples, confidence)
     n = len(values)
     rng = np.random.default_rng(seed)
     stats = np.empty(n_resamples)
@@ -245,6 +362,30 @@ def bootstrap_ci(
         stats[i] = statistic(values[rng.integers(0, n, size=n)])
     low, high = (_percentile(stats, q) for q in ((1 - confidence) / 2, (1 + confidence) / 2))
     return float(statistic(values)), low, high
+
+
+def _check_bootstrap(values, n_resamples: int, confidence: float) -> np.ndarray:
+    """Data with no NaN/inf, 0 < confidence < 1, and enough resamples to put at least one in
+    each tail of the interval: n_resamples * (1 - confidence) / 2 >= 1."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim not in (1, 2) or len(values) == 0:
+        raise ValueError(f"values must be (n,) or (n, k) with n >= 1, got shape {values.shape}")
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row = int(np.argwhere(bad)[0][0])
+        raise ValueError(
+            f"values has {int(bad.sum())} NaN or inf entries (first in row {row}): the interval "
+            "would not mean anything; drop or fix those examples"
+        )
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be strictly between 0 and 1, got {confidence}")
+    needed = math.ceil(2 / (1 - confidence) - 1e-9)
+    if not isinstance(n_resamples, int) or n_resamples < needed:
+        raise ValueError(
+            f"n_resamples={n_resamples!r} is too few for a {confidence:.0%} interval: each tail "
+            f"must hold at least one resample, so use n_resamples >= {needed} (1000 is usual)"
+        )
+    return values
 
 
 def _percentile(stats: np.ndarray, q: float) -> float:

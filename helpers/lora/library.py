@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import Linear as PeftLoraLinear
+from peft.tuners.tuners_utils import BaseTunerLayer, cast_adapter_dtype
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 
@@ -42,10 +43,15 @@ def LoRALinear(  # noqa: N802 (a factory with the naive twin's class name)
     """peft's LoRA layer (``peft.tuners.lora.Linear``, adapter "default") around ``base_layer``.
 
     Same arguments as ``naive.LoRALinear``; the result holds ``lora_A["default"]`` (r, IN) and
-    ``lora_B["default"]`` (OUT, r) and computes the same function.
+    ``lora_B["default"]`` (OUT, r) and computes the same function. peft's layer alone keeps
+    the adapter in the base layer's dtype; ``get_peft_model`` then upcasts fp16/bf16 adapters
+    to fp32 (``autocast_adapter_dtype=True``). The same upcast is applied here, so a layer built
+    alone keeps its adapter as a model built by ``add_lora`` does (and as the naive twin).
     """
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, use_rslora=use_rslora)
-    return PeftLoraLinear(base_layer, "default", config=config, r=r, lora_alpha=alpha)
+    layer = PeftLoraLinear(base_layer, "default", config=config, r=r, lora_alpha=alpha)
+    cast_adapter_dtype(layer, "default", autocast_adapter_dtype=True)
+    return layer
 
 
 def _check_peft(model: nn.Module) -> PeftModel:
@@ -70,6 +76,11 @@ def add_lora(
     Returns:
         A ``PeftModelForCausalLM`` around ``model`` (peft modifies ``model`` in place too).
     """
+    if isinstance(model, PeftModel) or any(isinstance(m, BaseTunerLayer) for m in model.modules()):
+        raise ValueError(
+            "This model already has LoRA layers: add_lora would wrap them a second time. Add "
+            "LoRA once, or call merge_and_unload(model) first to fold the adapter in."
+        )
     targets = target_modules if isinstance(target_modules, str) else list(target_modules)
     config = LoraConfig(
         r=r,

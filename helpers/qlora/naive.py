@@ -45,22 +45,28 @@ ABSMAX_BLOCKSIZE = 256  # absmax values per second-level scale (double quantizat
 
 
 class _MatMul4bit(torch.autograd.Function):
-    """y = x W^T with W rebuilt from its codes in forward AND in backward.
+    """y = x W^T + b with W rebuilt from its codes in forward AND in backward.
 
     Autograd would otherwise keep the dequantized W (OUT, IN) alive until backward, one full
     precision copy per layer: the memory QLoRA exists to save. bitsandbytes' ``MatMul4Bit``
     (``bitsandbytes/autograd/_functions.py``) makes the same trade: compute twice, store codes.
+    The bias goes into the same ``F.linear`` call, as in bitsandbytes' ``gemm_4bit``: in fp16 or
+    bf16, adding it afterwards would round the product first and the sum again (one ulp off).
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, layer: Linear4bit) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, layer: Linear4bit, bias: torch.Tensor | None) -> torch.Tensor:
         ctx.layer = layer
-        return F.linear(x, layer.dequantize(x.dtype))  # (..., OUT)
+        return F.linear(x, layer.dequantize(x.dtype), bias)  # (..., OUT)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         # dL/dx = dL/dy W; the base is frozen, so no gradient for W (None for the layer)
-        return grad_out @ ctx.layer.dequantize(grad_out.dtype), None  # (..., IN)
+        grad_x = grad_out @ ctx.layer.dequantize(grad_out.dtype)  # (..., IN)
+        grad_bias = (
+            grad_out.reshape(-1, grad_out.shape[-1]).sum(0) if ctx.needs_input_grad[2] else None
+        )
+        return grad_x, None, grad_bias
 
 
 class Linear4bit(nn.Linear):
@@ -110,9 +116,8 @@ class Linear4bit(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Args: x (..., IN) any float dtype. Returns: (..., OUT) in x's dtype."""
-        out = _MatMul4bit.apply(x.to(self.compute_dtype), self)  # (..., OUT)
-        if self.bias is not None:
-            out = out + self.bias.to(self.compute_dtype)
+        bias = None if self.bias is None else self.bias.to(self.compute_dtype)
+        out = _MatMul4bit.apply(x.to(self.compute_dtype), self, bias)  # (..., OUT)
         return out.to(x.dtype)
 
     def extra_repr(self) -> str:

@@ -15,7 +15,16 @@ from collections.abc import Sequence
 import bitsandbytes.functional as bnbf
 import torch
 
-from helpers.quantization.naive import _check_blocksize, _check_float
+from helpers.quantization.naive import (
+    _check_blocks_hold_their_absmax,
+    _check_blocksize,
+    _check_codebook,
+    _check_float,
+    _check_int8_stats,
+    _check_stats,
+    _check_storage,
+    _packed_bytes,
+)
 
 _NF4_BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 
@@ -38,6 +47,7 @@ def quantize_absmax_int8(
 
 def dequantize_absmax_int8(q: torch.Tensor, absmax: torch.Tensor) -> torch.Tensor:
     """Undo ``quantize_absmax_int8`` with bitsandbytes' int8_vectorwise_dequant."""
+    _check_int8_stats(q, absmax)  # bitsandbytes would broadcast a wrong count silently
     rows = q.reshape(absmax.numel(), -1)  # (R, C) or (1, N)
     return bnbf.int8_vectorwise_dequant(rows, absmax).reshape(q.shape)
 
@@ -97,6 +107,7 @@ def quantize_blockwise(
     """
     _check_float(x, "x")
     _check_blocksize(blocksize)
+    _check_codebook(code)
     if code.numel() != 256:
         raise ValueError(f"bitsandbytes needs a code book of 256 levels, got {code.numel()}")
     codes, state = bnbf.quantize_blockwise(x, code=code.clone(), blocksize=blocksize)
@@ -110,20 +121,31 @@ def dequantize_blockwise(
     blocksize: int = 256,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """bitsandbytes' blockwise dequantizer."""
+    """bitsandbytes' blockwise dequantizer, after the naive twin's checks of the statistics
+    (bitsandbytes itself reads whatever absmax it is given)."""
+    _check_blocksize(blocksize)
+    _check_codebook(code)
+    _check_stats(codes.numel(), blocksize, absmax)
+    _check_blocks_hold_their_absmax(codes, absmax, code.numel(), blocksize)
     state = bnbf.QuantState(absmax=absmax, code=code, blocksize=blocksize, dtype=dtype)
     return bnbf.dequantize_blockwise(codes, quant_state=state)
 
 
-def quantize_nf4(weight: torch.Tensor, blocksize: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_nf4(
+    weight: torch.Tensor, blocksize: int = 64, quant_storage: torch.dtype = torch.uint8
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``bitsandbytes.functional.quantize_4bit(quant_type="nf4")``, its bytes flattened.
 
     Returns:
-        ``(packed, absmax)``: uint8 (ceil(N / 2),); float32 (ceil(N / B),).
+        ``(packed, absmax)``: (ceil(N / 2) / itemsize,) of ``quant_storage``; float32
+        (ceil(N / B),).
     """
     _check_float(weight, "weight")
     _check_blocksize(blocksize, _NF4_BLOCKSIZES)
-    packed, state = bnbf.quantize_4bit(weight, blocksize=blocksize, quant_type="nf4")
+    _check_storage(quant_storage, weight.numel())  # bitsandbytes fails with a view error
+    packed, state = bnbf.quantize_4bit(
+        weight, blocksize=blocksize, quant_type="nf4", quant_storage=quant_storage
+    )
     return packed.reshape(-1), state.absmax  # bnb stores the bytes as a column (ceil(N/2), 1)
 
 
@@ -137,11 +159,8 @@ def dequantize_nf4(
     """``bitsandbytes.functional.dequantize_4bit`` for NF4 bytes and plain absmax."""
     _check_blocksize(blocksize, _NF4_BLOCKSIZES)
     n = math.prod(shape)
-    if packed.dtype != torch.uint8 or packed.numel() != math.ceil(n / 2):
-        raise ValueError(
-            f"packed must be uint8 with ceil({n} / 2) bytes for shape {tuple(shape)}, "
-            f"got {packed.dtype} with {packed.numel()}; pass the shape you quantized"
-        )
+    _packed_bytes(packed, n, shape)
+    _check_stats(n, blocksize, absmax)
     state = bnbf.QuantState(
         absmax=absmax.float(),
         shape=torch.Size(shape),
@@ -150,7 +169,7 @@ def dequantize_nf4(
         code=nf4_codebook(),
         quant_type="nf4",
     )
-    out = bnbf.dequantize_4bit(packed.reshape(-1, 1), quant_state=state)
+    out = bnbf.dequantize_4bit(_packed_bytes(packed, n, shape).reshape(-1, 1), quant_state=state)
     return out.reshape(tuple(shape))  # bnb transposes a one-byte input; undo that
 
 
@@ -173,6 +192,7 @@ def double_dequantize_absmax(
     qabsmax: torch.Tensor, absmax2: torch.Tensor, offset: torch.Tensor, blocksize: int = 256
 ) -> torch.Tensor:
     """bitsandbytes' nested dequantization of the absmax (float32, (nb,))."""
+    _check_stats(qabsmax.numel(), blocksize, absmax2, "absmax2")
     absmax = bnbf.dequantize_blockwise(
         qabsmax, absmax=absmax2, code=dynamic_codebook(), blocksize=blocksize
     )

@@ -22,14 +22,70 @@ INT8_MAX = 127  # symmetric int8 uses -127..127, so that 0 maps to 0 and the ran
 NF4_OFFSET = 0.9677083  # outermost quantile, QLoRA (Dettmers et al. 2023) section 3 / bnb
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _NF4_BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+# dtypes bitsandbytes may store packed 4-bit codes in (``quant_storage``): the bytes are the same
+_STORAGE_DTYPES = (torch.uint8, torch.float16, torch.bfloat16, torch.float32)
 
 
 def _check_float(x: torch.Tensor, what: str) -> None:
+    """A float tensor with values to quantize, all finite (absmax of a NaN or inf is useless)."""
     if not isinstance(x, torch.Tensor) or x.dtype not in _FLOAT_DTYPES:
         got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
         raise TypeError(f"{what} must be a float32, float16 or bfloat16 tensor, got {got}")
     if x.numel() == 0:
         raise ValueError(f"{what} is empty: there is nothing to quantize")
+    bad = ~torch.isfinite(x.reshape(-1))
+    if bad.any():
+        first = int(bad.nonzero()[0])
+        raise ValueError(
+            f"{what} has {int(bad.sum())} NaN or inf value(s), the first at flat index {first} "
+            f"({x.reshape(-1)[first].item()}): find where it comes from; quantizing it would "
+            "turn its whole block (or row) into zeros or NaN"
+        )
+
+
+def _check_codebook(code: torch.Tensor) -> None:
+    """A code book is a 1-D float tensor of 2 to 256 levels, sorted ascending (nearest-level
+    search and the block check below rely on the order)."""
+    if not isinstance(code, torch.Tensor) or not torch.is_floating_point(code) or code.dim() != 1:
+        raise TypeError(f"code must be a 1-D float tensor of levels, got {code!r:.60}")
+    if not 2 <= code.numel() <= 256:
+        raise ValueError(f"code must hold 2 to 256 levels (a uint8 index), got {code.numel()}")
+    if not bool((code[1:] >= code[:-1]).all()):
+        first = int((code[1:] < code[:-1]).nonzero()[0]) + 1
+        raise ValueError(
+            f"code must be sorted ascending; level {first} ({code[first].item():g}) is below "
+            f"level {first - 1} ({code[first - 1].item():g}): pass code.sort().values"
+        )
+
+
+def _check_stats(n: int, blocksize: int, absmax: torch.Tensor, what: str = "absmax") -> int:
+    """Raise unless ``absmax`` holds one value per block of ``blocksize`` among n values."""
+    nb = math.ceil(n / blocksize)
+    if absmax.numel() != nb:
+        raise ValueError(
+            f"{what} has {absmax.numel()} values, but {n} values in blocks of {blocksize} need "
+            f"{nb}: pass the absmax and blocksize the quantizer used"
+        )
+    return nb
+
+
+def _check_blocks_hold_their_absmax(
+    codes: torch.Tensor, absmax: torch.Tensor, n_levels: int, blocksize: int
+) -> None:
+    """Each block's largest value was divided by itself: it maps to level -1 or +1 (the first or
+    last of a sorted code book) unless the block is all zero. A block without either code was
+    cut with another blocksize: the stats belong to a different layout."""
+    nb = absmax.numel()
+    flat = codes.reshape(-1).long()
+    idx = torch.nn.functional.pad(flat, (0, nb * blocksize - flat.numel()), value=-1)
+    blocks = idx.view(nb, blocksize)  # (nb, B); padding -1 is no code
+    has_extreme = ((blocks == 0) | (blocks == n_levels - 1)).any(dim=1)
+    bad = ~has_extreme & (absmax.reshape(-1) > 0)
+    if bad.any():
+        raise ValueError(
+            f"block {int(bad.nonzero()[0])} of {nb} holds no code for +-1, so it was not "
+            f"quantized in blocks of {blocksize}: pass the blocksize the quantizer used"
+        )
 
 
 def _check_blocksize(blocksize: int, allowed: Sequence[int] | None = None) -> None:
@@ -74,9 +130,23 @@ def dequantize_absmax_int8(q: torch.Tensor, absmax: torch.Tensor) -> torch.Tenso
     Returns:
         float32 tensor with q's shape.
     """
+    _check_int8_stats(q, absmax)
     rows = q.reshape(absmax.numel(), -1)  # (R, C) or (1, N)
     # multiply by the float32 reciprocal of 127, as bitsandbytes' int8_vectorwise_dequant does
     return (rows * absmax.view(-1, 1) * (1.0 / INT8_MAX)).reshape(q.shape)
+
+
+def _check_int8_stats(q: torch.Tensor, absmax: torch.Tensor) -> None:
+    """absmax is one value for the whole tensor, or one per row of a matrix q (R, C)."""
+    if q.dtype != torch.int8:
+        raise TypeError(f"q must be an int8 tensor, got {q.dtype}")
+    rows = q.shape[0] if q.dim() == 2 else None
+    if absmax.numel() != 1 and absmax.numel() != rows:
+        raise ValueError(
+            f"absmax has {absmax.numel()} values; q of shape {tuple(q.shape)} needs 1 (one "
+            f"scale for the tensor) or one per row ({rows} for a matrix): pass the absmax "
+            "the quantizer returned"
+        )
 
 
 def quantize_zeropoint_int8(x: torch.Tensor) -> tuple[torch.Tensor, float, int]:
@@ -194,10 +264,7 @@ def quantize_blockwise(
     """
     _check_float(x, "x")
     _check_blocksize(blocksize)
-    if code.numel() > 256:
-        raise ValueError(
-            f"a uint8 index holds at most 256 levels, the code book has {code.numel()}"
-        )
+    _check_codebook(code)
     flat = x.reshape(-1).float()  # (N,)
     n, nb = flat.numel(), math.ceil(flat.numel() / blocksize)
     blocks = torch.nn.functional.pad(flat, (0, nb * blocksize - n)).view(nb, blocksize)
@@ -221,13 +288,16 @@ def dequantize_blockwise(
 
     Returns:
         tensor of ``dtype`` with codes' shape.
+
+    Raises:
+        ValueError: absmax of the wrong count, a blocksize other than the quantizer's (found
+            because a block would hold no +-1 code), an unsorted code book.
     """
     _check_blocksize(blocksize)
-    n, nb = codes.numel(), math.ceil(codes.numel() / blocksize)
-    if absmax.numel() != nb:
-        raise ValueError(
-            f"{n} values in blocks of {blocksize} need {nb} absmax, got {absmax.numel()}"
-        )
+    _check_codebook(code)
+    n = codes.numel()
+    nb = _check_stats(n, blocksize, absmax)
+    _check_blocks_hold_their_absmax(codes, absmax, code.numel(), blocksize)
     values = code.float().to(codes.device)[codes.reshape(-1).long()]  # (N,)
     blocks = torch.nn.functional.pad(values, (0, nb * blocksize - n)).view(nb, blocksize)
     out = (blocks * absmax.float().unsqueeze(1)).reshape(-1)[:n]  # float32 product, then cast
@@ -255,19 +325,24 @@ def _absmax_scale(flat: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, tor
     return torch.cat(parts).clamp(-1.0, 1.0), torch.cat(absmaxes)  # (N,), (nb,)
 
 
-def quantize_nf4(weight: torch.Tensor, blocksize: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_nf4(
+    weight: torch.Tensor, blocksize: int = 64, quant_storage: torch.dtype = torch.uint8
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize to NF4: blockwise absmax, then the nearest of the 16 NF4 levels.
 
     Args:
         weight: float32, float16 or bfloat16 tensor, any shape (N values, flat order).
         blocksize: values per absmax; the last block is shorter when B does not divide N.
+        quant_storage: the dtype the bytes are viewed as (bitsandbytes' option, so that FSDP
+            can shard 4-bit weights alongside float ones); the bytes themselves do not change.
 
     Returns:
-        ``(packed, absmax)``: packed uint8, shape (ceil(N / 2),), two 4-bit codes per byte,
-        the first value in the high nibble; absmax float32, shape (ceil(N / B),).
+        ``(packed, absmax)``: packed, shape (ceil(N / 2) / itemsize,), two 4-bit codes per
+        byte, the first value in the high nibble; absmax float32, shape (ceil(N / B),).
     """
     _check_float(weight, "weight")
     _check_blocksize(blocksize, _NF4_BLOCKSIZES)
+    _check_storage(quant_storage, weight.numel())
     scaled, absmax = _absmax_scale(weight.reshape(-1).float(), blocksize)  # (N,), (nb,)
     if scaled.numel() % 2:  # odd N: pad the last byte with 0.0, whose code is 7
         scaled = torch.nn.functional.pad(scaled, (0, 1))
@@ -278,7 +353,7 @@ def quantize_nf4(weight: torch.Tensor, blocksize: int = 64) -> tuple[torch.Tenso
     codes = torch.bucketize(scaled, midpoints).to(torch.uint8)  # (N + N % 2,)
     pairs = codes.view(-1, 2)  # (ceil(N / 2), 2)
     packed = (pairs[:, 0] << 4) | pairs[:, 1]
-    return packed, absmax
+    return packed.view(quant_storage), absmax
 
 
 def dequantize_nf4(
@@ -291,7 +366,8 @@ def dequantize_nf4(
     """Undo ``quantize_nf4``: look each code up in the NF4 table, times its block's absmax.
 
     Args:
-        packed: uint8, (ceil(N / 2),); absmax: float32, (ceil(N / B),).
+        packed: (ceil(N / 2),) bytes, as uint8 or viewed as its ``quant_storage`` dtype;
+            absmax: float32, (ceil(N / B),).
         shape: the original shape (N values); blocksize: as used to quantize.
         dtype: output dtype; the product is taken in float32 and rounded once.
 
@@ -300,22 +376,42 @@ def dequantize_nf4(
     """
     _check_blocksize(blocksize, _NF4_BLOCKSIZES)
     n = math.prod(shape)
-    nb = math.ceil(n / blocksize)
-    if packed.dtype != torch.uint8 or packed.numel() != math.ceil(n / 2):
-        raise ValueError(
-            f"packed must be uint8 with ceil({n} / 2) bytes for shape {tuple(shape)}, "
-            f"got {packed.dtype} with {packed.numel()}; pass the shape you quantized"
-        )
-    if absmax.numel() != nb:
-        raise ValueError(
-            f"{n} values in blocks of {blocksize} need {nb} absmax, got {absmax.numel()}"
-        )
-    flat = packed.reshape(-1)
+    flat = _packed_bytes(packed, n, shape)  # (ceil(N / 2),) uint8
+    nb = _check_stats(n, blocksize, absmax)
     codes = torch.stack([flat >> 4, flat & 0x0F], dim=1).reshape(-1)[:n]  # (N,) high nibble first
     values = nf4_codebook().to(codes.device)[codes.long()]  # (N,)
     blocks = torch.nn.functional.pad(values, (0, nb * blocksize - n)).view(nb, blocksize)
     out = (blocks * absmax.float().unsqueeze(1)).reshape(-1)[:n]  # (N,)
     return out.to(dtype).reshape(tuple(shape))
+
+
+def _packed_bytes(packed: torch.Tensor, n: int, shape: Sequence[int]) -> torch.Tensor:
+    """The packed codes as (ceil(N / 2),) uint8, whatever ``quant_storage`` held them."""
+    if not isinstance(packed, torch.Tensor) or packed.dtype not in _STORAGE_DTYPES:
+        got = packed.dtype if isinstance(packed, torch.Tensor) else type(packed).__name__
+        raise TypeError(
+            f"packed must be a tensor of uint8 (or float16/bfloat16/float32 storage), got {got}"
+        )
+    flat = packed.reshape(-1).view(torch.uint8)
+    if flat.numel() != math.ceil(n / 2):
+        raise ValueError(
+            f"packed holds {flat.numel()} bytes, but shape {tuple(shape)} ({n} values) needs "
+            f"ceil({n} / 2) = {math.ceil(n / 2)}: pass the shape you quantized"
+        )
+    return flat
+
+
+def _check_storage(quant_storage: torch.dtype, n: int) -> int:
+    """bitsandbytes views the packed bytes as ``quant_storage``: they must fill whole items."""
+    if quant_storage not in _STORAGE_DTYPES:
+        raise TypeError(f"quant_storage must be one of {_STORAGE_DTYPES}, got {quant_storage}")
+    size = torch.empty(0, dtype=quant_storage).element_size()
+    if math.ceil(n / 2) % size:
+        raise ValueError(
+            f"quant_storage={quant_storage} packs {size} bytes per item, but {n} values make "
+            f"{math.ceil(n / 2)} bytes: use torch.uint8 storage for this shape"
+        )
+    return size
 
 
 # ---------------------------------------------------------------- double quantization
@@ -348,6 +444,7 @@ def double_dequantize_absmax(
     Returns:
         float32, (nb,): the absmax to pass to ``dequantize_nf4``.
     """
+    _check_stats(qabsmax.numel(), blocksize, absmax2, "absmax2")
     return dequantize_blockwise(qabsmax, absmax2, dynamic_codebook(), blocksize) + offset
 
 
