@@ -29,6 +29,7 @@ from helpers.paths import TINY_MODEL_DIR, build_dir
 
 TWIN_MARKER = "shape_twin.json"
 SHARD_BYTES = 2 * 2**30
+QWEN_ENDOFTEXT_ID = 151643
 _SOURCE = "config.json of Qwen/{} on the Hugging Face hub (values copied, not downloaded)"
 # The published config.json values that fix every tensor's shape (and RoPE/RMSNorm constants).
 # Qwen2.5-0.5B/1.5B: 151,936 embedding rows, tied head; 7B: 152,064 rows, untied head.
@@ -162,6 +163,12 @@ def write_tokenizer(out: Path, vocab_size: int) -> None:
     if used > vocab_size:
         raise ValueError(f"vocab_size {vocab_size} is smaller than the tokenizer's {used}")
     vocab |= {f"<|twin_unused_{i}|>": i for i in range(used, vocab_size)}
+    # transformers loads a qwen2 model's tokenizer as Qwen2Tokenizer, which adds
+    # "<|endoftext|>" (Qwen's id 151643) unless the vocabulary has it: give it that id
+    if vocab_size > used:
+        endoftext = QWEN_ENDOFTEXT_ID if QWEN_ENDOFTEXT_ID < vocab_size else vocab_size - 1
+        del vocab[f"<|twin_unused_{endoftext}|>"]
+        vocab["<|endoftext|>"] = endoftext
     (out / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False))
     for name in ("tokenizer_config.json", "chat_template.jinja"):
         if (TINY_MODEL_DIR / name).is_file():

@@ -30,6 +30,7 @@ def shell(tmp_path, monkeypatch):
     yield shell
     memguard.stop()
     shell.run_cell("model = copies = None")
+    InteractiveShell.clear_instance()  # later tests see no IPython, as in a plain pytest run
 
 
 def run(shell, source: str) -> None:
