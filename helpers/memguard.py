@@ -47,6 +47,11 @@ UNSUPPORTED = {
     for chapter in ("01_quantization", "02_lora", "05_evaluation")
 }
 CAVEAT = "CPU-calibrated estimate, not yet measured on a GPU"
+# helpers.models.load_model marks a model it loads in the profile's own precision (no explicit
+# load_in_4bit) with this attribute: on the tiny profile it is unquantized, on a 4-bit GPU
+# profile its linear layers would be NF4.
+PROFILE_MARK = "course_follows_profile"
+COPY_KINDS = ("linear", "embedding", "linear_4bit", "profile_linear", "profile_embedding")
 
 
 def measurement_path() -> Path | None:
@@ -83,23 +88,39 @@ def tiny_shape() -> ModelShape:
     return ModelShape.from_config(LlamaConfig(**config), "tiny-llama")
 
 
-def resident_copies(layout: BaseLayout, tensors=None) -> dict[str, float]:
+def _live_tensors_and_profile_storages() -> tuple[list[torch.Tensor], set[int]]:
+    """Every tensor the garbage collector tracks, and the storages of the parameters of models
+    marked ``course_follows_profile`` (loaded in the profile's own precision)."""
+    tensors, marked = [], set()
+    with warnings.catch_warnings():  # isinstance on some lazy module attributes warns
+        warnings.simplefilter("ignore")
+        for o in gc.get_objects():
+            if isinstance(o, torch.Tensor):
+                tensors.append(o)
+            elif isinstance(o, torch.nn.Module) and getattr(o, PROFILE_MARK, False):
+                marked |= {p.untyped_storage().data_ptr() for p in o.parameters()}
+    return tensors, marked
+
+
+def resident_copies(layout: BaseLayout, tensors=None, marked=frozenset()) -> dict[str, float]:
     """Copies of the base model alive now, by kind, as multiples of the base model's elements.
 
     Args:
         layout: the base model's weight shapes.
         tensors: the tensors to inspect (default: every tensor the garbage collector tracks).
+        marked: storages of a model loaded in the profile's own precision (default: found
+            through the ``course_follows_profile`` attribute ``helpers.models`` sets).
     Returns:
-        ``{"linear": u, "embedding": e, "linear_4bit": q}``: unquantized copies of the linear
-        weights and of the embeddings/head, and 4-bit copies of the linear weights.
+        ``{"linear", "embedding"}``: unquantized copies of the linear weights and of the
+        embeddings/head; ``"linear_4bit"``: 4-bit copies of the linear weights;
+        ``{"profile_linear", "profile_embedding"}``: copies in the profile's own precision
+        (unquantized on the tiny profile, 4-bit linear layers on a 4-bit GPU profile).
     """
     if tensors is None:
-        with warnings.catch_warnings():  # isinstance on some lazy module attributes warns
-            warnings.simplefilter("ignore")
-            tensors = [o for o in gc.get_objects() if isinstance(o, torch.Tensor)]
+        tensors, marked = _live_tensors_and_profile_storages()
     packed = {o * i // 2 for o, i in layout.linear}
     seen: set[int] = set()
-    found = {"linear": 0, "embedding": 0, "linear_4bit": 0}
+    found = dict.fromkeys(COPY_KINDS, 0)
     for t in tensors:
         if t.device.type == "meta" or t.is_sparse:
             continue
@@ -112,14 +133,14 @@ def resident_copies(layout: BaseLayout, tensors=None) -> dict[str, float]:
         elif t.is_floating_point() and shape in layout.embedding:
             kind = "embedding"
         elif t.dtype == torch.uint8 and t.numel() in packed:
-            kind, shape = "linear_4bit", None
+            kind = "linear_4bit"
         if kind:
             seen.add(ptr)
+            kind = f"profile_{kind}" if ptr in marked and kind != "linear_4bit" else kind
             found[kind] += t.numel() * (2 if kind == "linear_4bit" else 1)
     return {
-        "linear": found["linear"] / layout.elements("linear"),
-        "embedding": found["embedding"] / layout.elements("embedding"),
-        "linear_4bit": found["linear_4bit"] / layout.elements("linear"),
+        kind: n / layout.elements("embedding" if kind.endswith("embedding") else "linear")
+        for kind, n in found.items()
     }
 
 
@@ -240,14 +261,21 @@ def predict(cell: dict, profile, shape: ModelShape) -> int:
     QLoRA with the fp32 upcast when 4-bit weights are resident); then the allocator's reserve.
     """
     layout, b = BaseLayout.of(shape), DTYPE_BYTES[profile.compute_dtype]
+    copies = {kind: cell.get(kind, 0.0) for kind in COPY_KINDS}
+    four_bit = copies["linear_4bit"]
+    unquantized = copies["linear"]
+    if profile.load_in_4bit:
+        four_bit += copies["profile_linear"]
+    else:
+        unquantized += copies["profile_linear"]
+    embeddings = copies["embedding"] + copies["profile_embedding"]
     total = b * (
-        cell["linear"] * layout.elements("linear")
-        + cell["embedding"] * layout.elements("embedding")
+        unquantized * layout.elements("linear") + embeddings * layout.elements("embedding")
     )
     nf4 = sum(planner._nf4_bytes(o * i, True) * n for (o, i), n in layout.linear.items())
-    total += cell["linear_4bit"] * nf4
+    total += four_bit * nf4
     if cell["graph"]:
-        method = "qlora" if cell["linear_4bit"] >= 0.5 else "lora"
+        method = "qlora" if four_bit >= 0.5 else "lora"
         plan = planner.training_memory(shape, training_run(profile, method), device="cpu")
         total += plan.gradients + plan.optimizer + plan.activations + plan.transient
         if method == "qlora":  # prepare_model_for_kbit_training: the rest in fp32

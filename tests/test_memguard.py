@@ -101,3 +101,22 @@ def test_resident_copies_counts_storage_kinds():
     per = out_in[0] * out_in[1] / layout.elements("linear")
     assert found["linear"] == pytest.approx(per)  # a view of the same storage counts once
     assert found["linear_4bit"] == pytest.approx(per) and found["embedding"] == 0
+
+
+def test_models_in_the_profiles_precision_scale_as_4bit_on_4bit_profiles():
+    import dataclasses
+
+    layout = memguard.BaseLayout.of(memguard.tiny_shape())
+    (out_in, _), *_ = layout.linear.items()
+    weight = torch.zeros(out_in)
+    ptr = weight.untyped_storage().data_ptr()
+    found = memguard.resident_copies(layout, [weight], marked={ptr})
+    assert found["linear"] == 0 and found["profile_linear"] > 0
+    one = {kind: 0.0 for kind in memguard.COPY_KINDS} | {"graph": False}
+    t4 = PROFILES["t4"]
+    unquantized_t4 = dataclasses.replace(t4, load_in_4bit=False)
+    shape = memguard.profile_shape(t4)
+    follows = one | {"profile_linear": 1.0, "profile_embedding": 1.0}
+    explicit = one | {"linear": 1.0, "embedding": 1.0}
+    assert memguard.predict(follows, t4, shape) < 0.6 * memguard.predict(explicit, t4, shape)
+    assert memguard.predict(follows, unquantized_t4, shape) == memguard.predict(explicit, t4, shape)
