@@ -1,7 +1,10 @@
 """Measure a training step's memory on a real model of a given shape (the planner's twin).
 
 A randomly initialised model of the shape is built with transformers (LoRA through peft,
-QLoRA's 4-bit base through bitsandbytes), and one warm-up step creates the optimizer state.
+QLoRA's 4-bit base through bitsandbytes, then ``prepare_model_for_kbit_training`` unless
+``kbit_upcast=False``), and one warm-up step creates the optimizer state. Full fine-tuning in
+fp16/bf16 keeps fp32 weights and runs the step under ``torch.autocast`` (mixed precision); paged
+optimizers are bitsandbytes' (on a CPU it runs them unpaged, with a warning).
 Then, on the second step, each category is counted from the tensors themselves:
 
 - weights: the bytes of every parameter and buffer, plus the NF4 quantization state

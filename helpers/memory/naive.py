@@ -13,10 +13,18 @@ Rajbhandari et al. 2020, section 3, uses for "model states" and "residual states
   tensor; bitsandbytes' 8-bit AdamW keeps two uint8 moments plus an fp32 absmax per block of
   256 (Dettmers et al. 2022, "8-bit optimizers via block-wise quantization"), but tensors under
   4096 values keep fp32 moments (its ``min_8bit_size``); SGD without momentum keeps nothing.
-- activations: the tensors autograd saves for backward (formula in ``activation_bytes``).
-- transient: backward's workspace on top: the logits' fp32 gradient, and with checkpointing
-  one decoder layer recomputed.
-- overhead: on a GPU, an allowance for the CUDA context, which no tensor counter sees.
+- activations: the tensors autograd saves for backward (``activation_bytes``), in every dtype:
+  in 16 bits peft's fp32 copy of each adapted layer's input, autocast's 16-bit weight copies
+  for full fine-tuning, and the fp32 activations a QLoRA model keeps after
+  ``prepare_model_for_kbit_training`` (``RunSpec.kbit_upcast``) are counted.
+- transient: backward's workspace on top: the loss's fp32 copies of the logits, and with
+  checkpointing one decoder layer recomputed.
+- overhead and allocator, on a GPU only: allowances for the CUDA context and for the caching
+  allocator's rounding and reserve, which no tensor counter sees. They are not measured yet:
+  ``fits`` says its verdicts are CPU-calibrated estimates.
+- paged optimizers (``paged_adamw``, ``paged_adamw8bit``) keep the same state in unified
+  memory, which the driver can evict to host RAM: ``fits`` reports "fits by paging" when only
+  that state is over the card.
 
 Shapes: B micro_batch_size, T seq_len, h hidden_size, i intermediate_size, a = heads x
 head_dim, kv = kv heads x head_dim, V vocab_size, L layers, r LoRA rank.
