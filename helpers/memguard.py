@@ -34,7 +34,7 @@ import torch
 
 from helpers.memory import DTYPE_BYTES, GIB, ModelShape, RunSpec
 from helpers.memory import naive as planner
-from helpers.paths import CHAPTERS_DIR, TINY_MODEL_DIR, build_dir
+from helpers.paths import CHAPTERS_DIR, REPO_ROOT, TINY_MODEL_DIR, build_dir
 
 ENV = "COURSE_MEMGUARD"
 # Memory a card offers (GiB, as torch reports it): a T4 shows about 14.7 GiB on Colab and
@@ -55,9 +55,13 @@ COPY_KINDS = ("linear", "embedding", "linear_4bit", "profile_linear", "profile_e
 
 
 def measurement_path() -> Path | None:
-    """The guard's file, from ``$COURSE_MEMGUARD`` (None: the guard is off)."""
+    """The guard's file, from ``$COURSE_MEMGUARD`` (None: the guard is off); a relative path
+    is taken from the course's root folder."""
     value = os.environ.get(ENV)
-    return Path(value) if value else None
+    if not value:
+        return None
+    # relative to the course, not to the kernel's folder (nbval runs notebooks elsewhere)
+    return Path(value) if Path(value).is_absolute() else REPO_ROOT / value
 
 
 @dataclass(frozen=True)

@@ -120,3 +120,12 @@ def test_models_in_the_profiles_precision_scale_as_4bit_on_4bit_profiles():
     explicit = one | {"linear": 1.0, "embedding": 1.0}
     assert memguard.predict(follows, t4, shape) < 0.6 * memguard.predict(explicit, t4, shape)
     assert memguard.predict(follows, unquantized_t4, shape) == memguard.predict(explicit, t4, shape)
+
+
+def test_relative_guard_file_is_taken_from_the_course_root(monkeypatch):
+    from helpers.paths import REPO_ROOT
+
+    monkeypatch.setenv(memguard.ENV, "build/test-memguard.json")
+    assert memguard.measurement_path() == REPO_ROOT / "build" / "test-memguard.json"
+    monkeypatch.delenv(memguard.ENV)
+    assert memguard.measurement_path() is None and not memguard.start("00_setup")
