@@ -12,7 +12,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.course-installed
 # Tests must never reach a hub; progress bars would only clutter the logs.
 TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 \
-	HF_HUB_DISABLE_PROGRESS_BARS=1 COURSE_RESULTS=build/test-results.json
+	HF_HUB_DISABLE_PROGRESS_BARS=1 COURSE_RESULTS=build/test-results.json \
+	COURSE_MEMGUARD=build/test-memguard.json
 
 .PHONY: course test lab doctor lint clean
 
@@ -31,6 +32,12 @@ test: $(STAMP)
 	$(TEST_ENV) $(BIN)/python -m pytest -p no:cacheprovider tests build/test-notebooks \
 		--nbval-lax --nbval-current-env --nbval-cell-timeout=600 \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg
+	$(TEST_ENV) $(BIN)/python -m helpers.memguard check
+
+# Each chapter's predicted GPU peak on every profile, from the tiny run `make test` recorded.
+.PHONY: memory
+memory: $(STAMP)
+	$(BIN)/python -m helpers.memguard table build/test-memguard.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check helpers solutions tests data chapters

@@ -23,10 +23,23 @@ def results_path() -> Path:
     return Path(os.environ.get("COURSE_RESULTS", build_dir() / "results.json"))
 
 
-def set_chapter(stem: str) -> None:
-    """Name the chapter whose numbers the following ``record`` calls store."""
+def set_chapter(stem: str, unsupported: dict[str, str] | None = None) -> None:
+    """Name the chapter whose numbers the following ``record`` calls store.
+
+    With ``$COURSE_MEMGUARD`` set (the test suite sets it), also start the memory guard's
+    per-cell record of this chapter (``helpers.memguard``).
+
+    Args:
+        stem: the chapter's file name without ``.ipynb``, e.g. ``"02_lora"``.
+        unsupported: profiles the chapter stops on at its first cell, with the reason
+            (``{"t4-8b": "..."}``): the memory guard skips them.
+    """
     global _chapter
     _chapter = stem
+    if os.environ.get("COURSE_MEMGUARD"):
+        from helpers import memguard
+
+        memguard.start(stem, unsupported)
 
 
 def load_results(path: Path | None = None) -> dict:
@@ -36,14 +49,17 @@ def load_results(path: Path | None = None) -> dict:
 
 
 def _plain(value):
-    """A JSON-ready copy of a number, bool or string (tensors and numpy scalars included)."""
+    """A JSON-ready copy of a number, bool, string or a dict of them (tensors and numpy
+    scalars included)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
     if hasattr(value, "item"):
         value = value.item()
     if isinstance(value, bool | int | str) or value is None:
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
-    raise TypeError(f"record() takes a number, bool or string, got {type(value).__name__}")
+    raise TypeError(f"record() takes a number, bool, string or dict, got {type(value).__name__}")
 
 
 def record(name: str, value):

@@ -3,8 +3,9 @@
 Tiny random Llama and Qwen2 shapes, built for real by the library twin; the planner never sees
 the model. Tolerances: weights, gradients and optimizer state are counted exactly by the
 planner up to small tensors it leaves out (bitsandbytes' code books, rotary buffers), so 2%;
-saved activations follow a formula per token and layer that ignores a few small tensors, so
-10%; the issue asks for the total within 15%.
+saved activations follow a formula per token and layer that ignores a few small tensors: 5%
+in every dtype (fp32, and fp16/bf16 where peft's fp32 copies of adapted inputs, autocast's
+weight copies and prepare_model_for_kbit_training's fp32 residual stream change what is saved).
 """
 
 from __future__ import annotations
@@ -55,8 +56,78 @@ def test_planner_matches_measurement(shape, run):
     for name in ("weights", "gradients", "optimizer"):
         planned, got = getattr(plan, name), getattr(measured, name)
         assert got == planned == 0 or _rel(planned, got) < 0.02, (name, planned, got)
-    assert _rel(plan.activations, measured.activations) < 0.10
-    assert _rel(plan.tensors, measured.tensors) < 0.15
+    assert _rel(plan.activations, measured.activations) < 0.05
+    assert _rel(plan.tensors, measured.tensors) < 0.05
+
+
+# One shape with grouped-query attention (2 kv heads: real repeat copies), q/k/v biases and tied
+# embeddings, like Qwen2.5; every dtype x method x checkpointing, measured by saved-tensor hooks.
+GQA = ModelShape("tiny-gqa", 96, 160, 2, 4, 2, 32, 400, tie_embeddings=True, qkv_bias=True)
+GRID = [
+    ("full", {}),
+    ("lora", {}),
+    ("lora", {"target_modules": ("q_proj", "v_proj")}),
+    ("qlora", {}),
+    ("qlora", {"kbit_upcast": False}),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("method,extra", GRID, ids=lambda x: x if isinstance(x, str) else str(x))
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_saved_activations_in_every_dtype(dtype, method, extra, checkpointing):
+    run = RunSpec(method, 2, 20, dtype, gradient_checkpointing=checkpointing, lora_r=4, **extra)
+    planned = naive.training_memory(GQA, run, device="cpu").activations
+    measured = library.training_memory(GQA, run, device="cpu").activations
+    assert _rel(planned, measured) < 0.05, (planned, measured)
+
+
+def test_16bit_terms_are_counted():
+    # what a 16-bit LoRA run saves beyond the fp32 formula: peft's fp32 copy of each adapted
+    # layer's input; the loss's fp32 log-probabilities stay fp32 in every dtype
+    shape = naive.MODELS["Qwen2.5-1.5B"]
+    run = RunSpec("lora", 1, 512, "float16")
+    qv = run.with_(target_modules=("q_proj", "v_proj"))
+    h = shape.hidden_size
+    extra = naive.activation_bytes(shape, run) - naive.activation_bytes(shape, qv)
+    assert extra > 512 * shape.num_layers * 4 * (5 * h)  # > the five fp32 h-wide input copies
+    assert naive.activation_bytes(shape, run) > 512 * 4 * shape.vocab_size
+
+
+def test_kbit_upcast_sizes():
+    # Qwen2.5-7B: embeddings and head (untied, 152,064 rows) stay unquantized: about 5.3 GiB
+    # at 16-bit rest and 7.3 GiB once prepare_model_for_kbit_training casts them to fp32
+    shape = naive.MODELS["Qwen2.5-7B"]
+    rest = naive.weight_bytes(shape, RunSpec("qlora", kbit_upcast=False)) / GIB
+    prepared = naive.weight_bytes(shape, RunSpec("qlora")) / GIB
+    counts = naive.parameter_counts(shape)
+    assert prepared - rest == pytest.approx(2 * counts["other"] / GIB)
+    assert 5.0 < rest < 5.5 and 7.0 < prepared < 7.6
+    # the flag changes only QLoRA
+    lora = RunSpec("lora")
+    assert naive.weight_bytes(shape, lora) == naive.weight_bytes(shape, lora.with_(kbit_upcast=0))
+
+
+def test_gpu_terms_and_caveat():
+    shape, run = naive.MODELS["Qwen2.5-1.5B"], RunSpec("qlora", 2, 512, gradient_checkpointing=True)
+    gpu, cpu = naive.training_memory(shape, run), naive.training_memory(shape, run, device="cpu")
+    assert gpu.overhead == naive.CUDA_CONTEXT_BYTES and gpu.allocator > 0
+    assert cpu.overhead == cpu.allocator == 0 and gpu.peak > cpu.peak
+    assert "CPU-calibrated estimate" in naive.fits(shape, run, 14.7).message
+    assert "CPU-calibrated" not in naive.fits(shape, run, 14.7, device="cpu").message
+
+
+def test_paged_optimizer_fits_by_paging():
+    # same bytes as the unpaged state, but evictable: a card that holds everything except the
+    # optimizer state fits by paging; one that does not hold the rest does not fit
+    shape, run = naive.MODELS["Qwen2.5-0.5B"], RunSpec("full", 1, 256, optimizer="paged_adamw")
+    plan = naive.training_memory(shape, run)
+    assert plan.optimizer == naive.training_memory(shape, run.with_(optimizer="adamw")).optimizer
+    card = (plan.peak - plan.optimizer // 2) / GIB
+    verdict = naive.fits(shape, run, card)
+    assert verdict.fits and "fits by paging" in verdict.message
+    assert not naive.fits(shape, run.with_(optimizer="adamw"), card).fits
+    assert not naive.fits(shape, run, (plan.peak - plan.optimizer) / GIB * 0.9).fits
 
 
 def test_published_parameter_counts():
@@ -79,7 +150,9 @@ def test_checkpointing_and_8bit_save_memory():
     assert naive.training_memory(shape, full.with_(optimizer="adamw8bit")).optimizer < (
         naive.training_memory(shape, full).optimizer / 3
     )
-    assert naive.training_memory(shape, run.with_(method="qlora")).weights < plain.weights / 2
+    at_rest = run.with_(method="qlora", kbit_upcast=False)
+    assert naive.training_memory(shape, at_rest).weights < plain.weights / 2
+    assert naive.training_memory(shape, run.with_(method="qlora")).weights < plain.weights * 0.6
 
 
 def test_fits_verdicts():
@@ -102,6 +175,34 @@ def test_library_fits_measures():
     assert not library.fits(shape, run, 0.5 * needed / GIB, "cpu").fits
 
 
+@pytest.mark.parametrize(
+    "kwargs,error,field",
+    [
+        ({"lora_r": -4}, ValueError, "lora_r"),
+        ({"lora_r": 0}, ValueError, "lora_r"),
+        ({"micro_batch_size": 1.5}, TypeError, "micro_batch_size"),
+        ({"micro_batch_size": 0}, ValueError, "micro_batch_size"),
+        ({"seq_len": 1}, ValueError, "seq_len"),
+        ({"seq_len": "512"}, TypeError, "seq_len"),
+        ({"target_modules": "q_proj"}, ValueError, "target_modules"),
+        ({"compute_dtype": "float64"}, ValueError, "compute_dtype"),
+    ],
+)
+def test_bad_run_fields_are_named(kwargs, error, field):
+    with pytest.raises(error, match=field):
+        RunSpec(**kwargs)
+
+
+@pytest.mark.parametrize("field", ["hidden_size", "num_layers", "vocab_size", "num_kv_heads"])
+def test_bad_shape_fields_are_named(field):
+    values = dict(name="x", hidden_size=64, intermediate_size=160, num_layers=2, num_heads=2)
+    values |= dict(num_kv_heads=1, head_dim=32, vocab_size=300)
+    with pytest.raises(ValueError, match=field):
+        ModelShape(**{**values, field: -64})
+    with pytest.raises(ValueError, match="num_kv_heads"):
+        ModelShape(**{**values, "num_kv_heads": 3, "num_heads": 4})
+
+
 def test_bad_input_is_named():
     with pytest.raises(ValueError, match="method"):
         RunSpec("prefix-tuning")
@@ -111,6 +212,10 @@ def test_bad_input_is_named():
         naive.training_memory(SHAPES[0], RunSpec(target_modules=("query",)))
     with pytest.raises(ValueError, match="card_gib"):
         naive.fits(SHAPES[0], RunSpec(), 0)
+    with pytest.raises(ValueError, match="card_gib"):
+        naive.fits(SHAPES[0], RunSpec(), float("nan"))
+    with pytest.raises(ValueError, match="device"):
+        naive.training_memory(SHAPES[0], RunSpec(), device="tpu")
 
 
 @pytest.mark.gpu

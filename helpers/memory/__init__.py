@@ -22,7 +22,16 @@ PUBLIC_NAMES = ("training_memory", "fits")
 GIB = 2**30
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 METHODS = ("full", "lora", "qlora")
-OPTIMIZERS = ("adamw", "adamw8bit", "sgd")
+OPTIMIZERS = ("adamw", "adamw8bit", "paged_adamw", "paged_adamw8bit", "sgd")
+PAGED = {"paged_adamw": "adamw", "paged_adamw8bit": "adamw8bit"}  # paged: same bytes, evictable
+
+
+def _check_int(owner: str, name: str, value, low: int) -> None:
+    """Raise a ValueError/TypeError naming ``owner.name`` unless value is an int >= low."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{owner}.{name} must be an int, got {value!r} ({type(value).__name__})")
+    if value < low:
+        raise ValueError(f"{owner}.{name} must be >= {low}, got {value}")
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,17 @@ class ModelShape:
     tie_embeddings: bool = False
     qkv_bias: bool = False  # Qwen2 has biases on q, k and v
     source: str = ""
+
+    def __post_init__(self):
+        for name in ("hidden_size", "intermediate_size", "num_layers", "num_heads"):
+            _check_int("ModelShape", name, getattr(self, name), 1)
+        for name in ("num_kv_heads", "head_dim", "vocab_size"):
+            _check_int("ModelShape", name, getattr(self, name), 1)
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"ModelShape.num_kv_heads ({self.num_kv_heads}) must divide "
+                f"num_heads ({self.num_heads})"
+            )
 
     @classmethod
     def from_config(cls, config, name: str = "model") -> ModelShape:
@@ -75,16 +95,23 @@ class RunSpec:
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
     )  # fmt: skip
     double_quant: bool = True  # QLoRA's double quantization of the NF4 absmax
+    # QLoRA only: prepare_model_for_kbit_training casts every 16-bit parameter that is not
+    # quantized (embeddings, norms, head) to fp32. False: the model as loaded, 16-bit at rest.
+    kbit_upcast: bool = True
 
     def __post_init__(self):
+        _check_int("RunSpec", "micro_batch_size", self.micro_batch_size, 1)
+        _check_int("RunSpec", "seq_len", self.seq_len, 2)
+        _check_int("RunSpec", "lora_r", self.lora_r, 1)
+        if isinstance(self.target_modules, str) or not self.target_modules:
+            raise ValueError(
+                f"RunSpec.target_modules must be a non-empty tuple of layer names, "
+                f"got {self.target_modules!r}"
+            )
         checks = [
             (self.method in METHODS, f"method must be one of {METHODS}, got {self.method!r}"),
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
             (self.compute_dtype in DTYPE_BYTES, f"compute_dtype must be one of {[*DTYPE_BYTES]}"),
-            (
-                self.micro_batch_size >= 1 and self.seq_len >= 2,
-                "micro_batch_size >= 1, seq_len >= 2",
-            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -108,6 +135,7 @@ class MemoryBreakdown:
     overhead: int = 0  # CUDA context allowance
     measured_peak: int | None = None  # torch.cuda.max_memory_allocated, when measured on a GPU
     notes: dict = field(default_factory=dict, compare=False)
+    allocator: int = 0  # on a GPU: the caching allocator's rounding and reserve (an allowance)
 
     @property
     def tensors(self) -> int:
@@ -118,11 +146,12 @@ class MemoryBreakdown:
     def peak(self) -> int:
         if self.measured_peak is not None:
             return self.measured_peak + self.overhead
-        return self.tensors + self.transient + self.overhead
+        return self.tensors + self.transient + self.overhead + self.allocator
 
     def gib(self) -> dict[str, float]:
         """Each category and the peak in GiB, rounded to 3 decimals."""
         names = ("weights", "gradients", "optimizer", "activations", "transient", "overhead")
+        names += ("allocator",)
         out = {name: round(getattr(self, name) / GIB, 3) for name in names}
         out["peak"] = round(self.peak / GIB, 3)
         return out

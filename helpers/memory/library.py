@@ -1,7 +1,10 @@
 """Measure a training step's memory on a real model of a given shape (the planner's twin).
 
 A randomly initialised model of the shape is built with transformers (LoRA through peft,
-QLoRA's 4-bit base through bitsandbytes), and one warm-up step creates the optimizer state.
+QLoRA's 4-bit base through bitsandbytes, then ``prepare_model_for_kbit_training`` unless
+``kbit_upcast=False``), and one warm-up step creates the optimizer state. Full fine-tuning in
+fp16/bf16 keeps fp32 weights and runs the step under ``torch.autocast`` (mixed precision); paged
+optimizers are bitsandbytes' (on a CPU it runs them unpaged, with a warning).
 Then, on the second step, each category is counted from the tensors themselves:
 
 - weights: the bytes of every parameter and buffer, plus the NF4 quantization state
@@ -20,6 +23,7 @@ and it sees neither temporaries nor backward's workspace. Only small shapes can 
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 
 import torch
@@ -73,6 +77,11 @@ def build_model(shape: ModelShape, run: RunSpec, device: str | torch.device = "c
     """The model the run trains: the base, with fp32 LoRA adapters unless ``method='full'``."""
     device = torch.device(device)
     model = _base_model(shape, run, device)
+    if run.method == "qlora" and run.kbit_upcast:
+        from peft import prepare_model_for_kbit_training
+
+        # casts embeddings, norms and head to fp32; checkpointing is set below either way
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if run.method != "full":
         from peft import LoraConfig, get_peft_model
 
@@ -110,10 +119,13 @@ def random_batch(shape: ModelShape, run: RunSpec, device="cpu") -> dict[str, tor
 
 
 def _optimizer(run: RunSpec, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-    if run.optimizer == "adamw8bit":
+    """The run's optimizer. Paged ones are bitsandbytes' (on a CPU they run unpaged)."""
+    if run.optimizer != "adamw" and run.optimizer != "sgd":
         import bitsandbytes as bnb
 
-        return bnb.optim.AdamW8bit(params, lr=1e-4)
+        kinds = {"adamw8bit": bnb.optim.AdamW8bit, "paged_adamw": bnb.optim.PagedAdamW}
+        kinds["paged_adamw8bit"] = bnb.optim.PagedAdamW8bit
+        return kinds[run.optimizer](params, lr=1e-4)
     if run.optimizer == "sgd":
         return torch.optim.SGD(params, lr=1e-4)
     return torch.optim.AdamW(params, lr=1e-4)
@@ -147,7 +159,15 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     return storage_bytes(t for state in optimizer.state.values() for t in state.values())
 
 
-def _step(model: nn.Module, batch: dict, saved: dict[int, int] | None = None) -> None:
+def _autocast(run: RunSpec, device: torch.device):
+    """Mixed precision for full fine-tuning in 16 bits (fp32 weights, 16-bit compute); LoRA and
+    QLoRA compute in the base's dtype already."""
+    if run.method == "full" and run.compute_dtype != "float32":
+        return torch.autocast(device.type, dtype=getattr(torch, run.compute_dtype))
+    return contextlib.nullcontext()
+
+
+def _step(model: nn.Module, batch: dict, run: RunSpec, saved: dict[int, int] | None = None):
     """Forward and backward. ``saved`` collects {storage address: bytes} of the tensors
     autograd keeps (addresses only: holding the tensors would keep them alive in backward).
     All of them live until backward, so no address is reused among them."""
@@ -157,10 +177,10 @@ def _step(model: nn.Module, batch: dict, saved: dict[int, int] | None = None) ->
         saved[storage.data_ptr()] = storage.nbytes()
         return t
 
-    if saved is None:
-        model(**batch).loss.backward()
-        return
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    device = batch["input_ids"].device
+    hooks = contextlib.nullcontext() if saved is None else None
+    hooks = hooks or torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+    with hooks, _autocast(run, device):
         loss = model(**batch).loss
     loss.backward()
 
@@ -182,7 +202,7 @@ def training_memory(
     model.train()
     optimizer = _optimizer(run, [p for p in model.parameters() if p.requires_grad])
     batch = random_batch(shape, run, device)
-    _step(model, batch)  # warm-up: creates the optimizer state
+    _step(model, batch, run)  # warm-up: creates the optimizer state
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     if device.type == "cuda":
@@ -191,7 +211,7 @@ def training_memory(
     weights = weight_tensors(model)
     params = {t.untyped_storage().data_ptr() for t in weights}
     saved: dict[int, int] = {}
-    _step(model, batch, saved)
+    _step(model, batch, run, saved)
     measured = MemoryBreakdown(
         weights=storage_bytes(weights),
         gradients=storage_bytes(p.grad for p in model.parameters() if p.grad is not None),
