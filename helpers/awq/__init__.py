@@ -1,0 +1,4 @@
+"""AWQ, activation-aware weight quantization (Lin et al., 2023, arXiv:2306.00978): before
+rounding a layer to 4 bits, scale up the input channels that carry large activations, so that
+their weights lose less to rounding, and fold the inverse scale into the previous operation.
+``naive.py`` writes out the scale search for one linear layer."""

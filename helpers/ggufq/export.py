@@ -1,0 +1,215 @@
+"""Write a saved transformers Llama (a folder: ``config.json``, ``model.safetensors``,
+``tokenizer.json``, the chat template) to a GGUF file that llama.cpp runs.
+
+What llama.cpp needs, and what this module writes with ``gguf.GGUFWriter``:
+
+- the architecture's hyper-parameters under ``llama.*`` keys;
+- every weight under llama.cpp's tensor names (``blk.0.attn_q.weight`` ...), with the query and
+  key projections permuted: Hugging Face's Llama rotates the two *halves* of each head
+  (``rotate_half``), ggml's rotates *adjacent pairs*, so the rows of each head are reordered
+  from (half, pair) to (pair, half) (as llama.cpp's ``convert_hf_to_gguf.py`` does);
+- the tokenizer: ``tokenizer.ggml.model = "gpt2"`` (byte-level BPE), the tokens, their types
+  (control for special tokens), the merges, the pre-tokenizer name (``tokenizer.ggml.pre``:
+  the regex that splits text before BPE; llama.cpp knows a fixed list of names), the EOS id;
+- the chat template (``tokenizer.chat_template``), which llama.cpp and Ollama read.
+
+The file is written to a temporary name and renamed, so a failure leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from types import ModuleType
+
+import gguf
+import torch
+from safetensors.torch import load_file
+
+from . import naive
+
+QTYPES = ("F32", "F16", "Q8_0", "Q4_0")
+_FILE_TYPE = {"F32": 0, "F16": 1, "Q4_0": 2, "Q8_0": 7}  # gguf.LlamaFileType values
+_LAYER_NAMES = {  # Hugging Face suffix -> llama.cpp suffix, per decoder layer
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+    "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "ffn_norm",
+}
+
+
+def permute_rope(weight: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Reorder a q or k projection's rows from rotate-half to adjacent-pair rotary layout.
+
+    Args:
+        weight: ``(n_head * head_dim, hidden)``.
+        n_head: heads of this projection (``num_key_value_heads`` for k).
+
+    Returns:
+        The same shape; within each head, row ``h * half + i`` moves to ``2 * i + h``.
+    """
+    rows = weight.shape[0]
+    if rows % (2 * n_head):
+        raise ValueError(f"{rows} rows do not split into {n_head} heads of even size")
+    w = weight.reshape(n_head, 2, rows // n_head // 2, *weight.shape[1:])  # (H, 2, half, in)
+    return w.transpose(1, 2).reshape(weight.shape)  # (H, half, 2, in) -> (rows, in)
+
+
+def gguf_name(hf_name: str) -> str:
+    """llama.cpp's name for a Hugging Face Llama tensor (``model.layers.3.mlp.up_proj.weight``
+    -> ``blk.3.ffn_up.weight``)."""
+    fixed = {
+        "model.embed_tokens.weight": "token_embd.weight",
+        "model.norm.weight": "output_norm.weight",
+        "lm_head.weight": "output.weight",
+    }
+    if hf_name in fixed:
+        return fixed[hf_name]
+    parts = hf_name.split(".")  # model . layers . i . <module ...> . weight
+    suffix = ".".join(parts[3:-1])
+    if parts[:2] != ["model", "layers"] or suffix not in _LAYER_NAMES:
+        raise ValueError(f"no llama.cpp name for tensor {hf_name!r}")
+    return f"blk.{parts[2]}.{_LAYER_NAMES[suffix]}.{parts[-1]}"
+
+
+def _encode(weight: torch.Tensor, qtype: str, quantizers: ModuleType):
+    """One tensor's data and ggml type: 1-D tensors (norms) stay F32, as llama.cpp expects."""
+    if weight.ndim == 1 or qtype == "F32":
+        return weight.to(torch.float32).numpy(), gguf.GGMLQuantizationType.F32
+    if qtype == "F16":
+        return weight.to(torch.float16).numpy(), gguf.GGMLQuantizationType.F16
+    data = getattr(quantizers, f"quantize_{qtype.lower()}")(weight)  # uint8 (rows, bytes)
+    return data.numpy(), gguf.GGMLQuantizationType[qtype]
+
+
+def _add_weights(writer, folder: Path, config: dict, qtype: str, quantizers: ModuleType):
+    state = load_file(folder / "model.safetensors")
+    if config.get("tie_word_embeddings") and "lm_head.weight" not in state:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    for name, weight in state.items():
+        if name.endswith("q_proj.weight"):
+            weight = permute_rope(weight, config["num_attention_heads"])
+        elif name.endswith("k_proj.weight"):
+            weight = permute_rope(weight, config["num_key_value_heads"])
+        data, ggml_type = _encode(weight, qtype, quantizers)
+        writer.add_tensor(gguf_name(name), data, raw_dtype=ggml_type)
+
+
+def _add_hparams(writer, config: dict, qtype: str) -> None:
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    rope = config.get("rope_parameters") or {}
+    writer.add_context_length(config["max_position_embeddings"])
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_block_count(config["num_hidden_layers"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_head_count(config["num_attention_heads"])
+    writer.add_head_count_kv(config["num_key_value_heads"])
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_freq_base(float(rope.get("rope_theta", config.get("rope_theta", 1e4))))
+    writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
+    writer.add_vocab_size(config["vocab_size"])
+    writer.add_file_type(_FILE_TYPE[qtype])
+
+
+def _add_tokenizer(writer, folder: Path, pre: str | None, eos_token_id: int | None) -> None:
+    spec = json.loads((folder / "tokenizer.json").read_text())
+    if spec["model"]["type"] != "BPE":
+        raise ValueError(f"{folder / 'tokenizer.json'}: only BPE tokenizers are written here")
+    vocab = {**spec["model"]["vocab"], **{t["content"]: t["id"] for t in spec["added_tokens"]}}
+    tokens = [token for token, _ in sorted(vocab.items(), key=lambda item: item[1])]
+    special = {t["content"] for t in spec["added_tokens"] if t["special"]}
+    control, normal = gguf.TokenType.CONTROL, gguf.TokenType.NORMAL
+    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
+    writer.add_tokenizer_model("gpt2")  # llama.cpp's name for byte-level BPE
+    if pre is not None:
+        writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types([control if t in special else normal for t in tokens])
+    writer.add_token_merges(merges)
+    writer.add_add_bos_token(False)  # this model was trained without a BOS token
+    if eos_token_id is not None:
+        writer.add_eos_token_id(eos_token_id)
+
+
+_DEFAULT = object()  # "read it from the folder"
+
+
+def chat_template_of(folder: str | Path) -> str | None:
+    """The chat template saved beside a tokenizer (``chat_template.jinja`` or the
+    ``chat_template`` field of ``tokenizer_config.json``), or None."""
+    folder = Path(folder)
+    if (folder / "chat_template.jinja").is_file():
+        return (folder / "chat_template.jinja").read_text()
+    config = folder / "tokenizer_config.json"
+    return json.loads(config.read_text()).get("chat_template") if config.is_file() else None
+
+
+def write_gguf(
+    folder: str | Path,
+    path: str | Path,
+    qtype: str = "Q8_0",
+    quantizers: ModuleType = naive,
+    pre: str | None = "gpt-2",
+    chat_template=_DEFAULT,
+    eos_token_id=_DEFAULT,
+) -> Path:
+    """Write the model saved in ``folder`` to the GGUF file ``path``.
+
+    Args:
+        folder: a saved Llama (``config.json``, ``model.safetensors``, ``tokenizer.json``).
+        path: the ``.gguf`` file to write (replaced if present).
+        qtype: ``"F32"``, ``"F16"``, ``"Q8_0"`` or ``"Q4_0"`` for the 2-D weights.
+        quantizers: the module whose ``quantize_q8_0``/``quantize_q4_0`` encode the blocks
+            (``helpers.ggufq.naive`` or ``helpers.ggufq.library``).
+        pre: llama.cpp's pre-tokenizer name; None leaves the key out (the failure mode).
+        chat_template: the template to store; default: the folder's; None leaves it out.
+        eos_token_id: the end-of-turn id; default: ``config.json``'s; None leaves it out.
+
+    Returns:
+        ``path``.
+    """
+    folder, path = Path(folder), Path(path)
+    if qtype not in QTYPES:
+        raise ValueError(f"qtype must be one of {QTYPES}, got {qtype!r}")
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder / name} is missing: save the model there first")
+    config = json.loads((folder / "config.json").read_text())
+    if config.get("model_type") != "llama":
+        raise ValueError(f"{folder / 'config.json'}: model_type must be 'llama'")
+    template = chat_template_of(folder) if chat_template is _DEFAULT else chat_template
+    eos = config.get("eos_token_id") if eos_token_id is _DEFAULT else eos_token_id
+    tmp = path.with_name(path.name + ".partial")
+    writer = gguf.GGUFWriter(tmp, "llama")
+    try:
+        writer.add_name(folder.name)
+        _add_hparams(writer, config, qtype)
+        _add_tokenizer(writer, folder, pre, eos)
+        if template is not None:
+            writer.add_chat_template(template)
+        _add_weights(writer, folder, config, qtype, quantizers)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_metadata(path: str | Path) -> dict:
+    """A GGUF file's key-value metadata as plain Python values (strings, numbers, lists)."""
+    reader = gguf.GGUFReader(path)
+    return {key: field.contents() for key, field in reader.fields.items()}
+
+
+def tensor_types(path: str | Path) -> dict[str, str]:
+    """Each tensor's ggml type name in a GGUF file (``{"blk.0.attn_q.weight": "Q8_0", ...}``)."""
+    return {t.name: t.tensor_type.name for t in gguf.GGUFReader(path).tensors}

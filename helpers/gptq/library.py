@@ -1,0 +1,65 @@
+"""GPTQ with llm-compressor (vLLM's maintained quantization library): its ``quantize_weight``
+is the column loop of GPTQ with lazy block updates (the paper's section 3.4), on the grid that
+compressed-tensors' ``calculate_qparams`` computes. The same public names as ``naive.py``;
+``hessian``, ``rtn_quantize`` and ``layer_rel_error`` are shared (not library features).
+
+llm-compressor 0.14 declares ``transformers<=5.17``; the course installs it with ``--no-deps``
+next to its own transformers (only the torch code below is used, which runs on a CPU)."""
+
+from __future__ import annotations
+
+import torch
+
+from .naive import GPTQResult, hessian, layer_rel_error, minmax_grid, rtn_quantize
+
+__all__ = ["GPTQResult", "gptq_quantize", "hessian", "layer_rel_error", "minmax_grid"]
+__all__ += ["rtn_quantize"]
+
+
+def _args(bits: int, group_size: int, act_order: bool):
+    from compressed_tensors.quantization import QuantizationArgs
+
+    return QuantizationArgs(
+        num_bits=bits,
+        type="int",
+        symmetric=False,
+        strategy="group",
+        group_size=group_size,
+        actorder="weight" if act_order else None,
+    )
+
+
+@torch.no_grad()
+def gptq_quantize(
+    weight: torch.Tensor,
+    h: torch.Tensor,
+    bits: int = 4,
+    group_size: int = 32,
+    act_order: bool = False,
+    percdamp: float = 0.01,
+) -> GPTQResult:
+    """Quantize ``weight (out, in)`` given ``h (in, in)`` with llm-compressor's GPTQ."""
+    from compressed_tensors.quantization.utils import calculate_qparams
+    from llmcompressor.modifiers.gptq.gptq_quantize import quantize_weight
+
+    if h.shape != (weight.shape[1], weight.shape[1]):
+        raise ValueError(f"h must be ({weight.shape[1]}, {weight.shape[1]}), got {tuple(h.shape)}")
+    args = _args(bits, group_size, act_order)
+    minmax_grid(weight, bits, group_size)  # the same group_size check as the naive twin
+    groups = weight.to(torch.float32).reshape(weight.shape[0], -1, group_size)  # (out, G, g)
+    scale, zero = calculate_qparams(groups.amin(-1), groups.amax(-1), args)  # signed zero
+    q, _, _ = quantize_weight(
+        weight.to(torch.float32)[None].clone(),  # the library works in place
+        h.to(torch.float32)[None].clone(),
+        scale[None],
+        zero[None],
+        None,
+        args,
+        percdamp=percdamp,
+    )
+    q = q[0]  # (out, in) dequantized
+    expand = torch.arange(weight.shape[1]) // group_size  # column -> group
+    offset = 2 ** (bits - 1)  # compressed-tensors' codes are signed: -8..7 for 4 bits
+    codes = torch.round(q / scale[:, expand]) + zero[:, expand] + offset
+    perm = torch.argsort(torch.diagonal(h), descending=True) if act_order else torch.arange(len(h))
+    return GPTQResult(q, codes.to(torch.uint8), scale, zero.to(torch.float32) + offset, perm)

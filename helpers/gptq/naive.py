@@ -1,0 +1,110 @@
+"""GPTQ by hand, for one linear layer ``y = x W^T`` with ``W (out, in)``.
+
+1. Calibration: the inputs ``X (n, in)`` the layer sees on sample text give the Hessian of the
+   layer's squared output error, ``H = 2 X^T X / n`` (in, in).
+2. Quantization grid: asymmetric min-max per row and group of ``group_size`` input columns,
+   ``scale = (max - min) / (2^bits - 1)``, ``zero = round(-min / scale)``; a weight's code is
+   ``clamp(round(w / scale) + zero, 0, 2^bits - 1)`` and its value ``scale * (code - zero)``.
+   The grid is fixed from the original weights before the loop ("static groups"), as
+   llm-compressor does; the paper's reference code can instead set each group's grid when the
+   loop reaches it, on the already-updated weights.
+3. Column by column (optionally in order of decreasing ``diag(H)``: "act-order"), quantize
+   column ``i`` and spread its error over the columns not yet quantized, ``W[:, j] -= e *
+   U[i, j] / U[i, i]`` for ``j > i``, where ``U`` is the upper Cholesky factor of ``H^-1``
+   (paper, section 3, "Cholesky reformulation"). ``H`` is first damped by 1 % of its mean
+   diagonal so that the inverse is stable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class GPTQResult:
+    """One quantized layer. ``weight``: dequantized (out, in); ``codes``: uint8 (out, in);
+    ``scale``, ``zero``: (out, in // group_size); ``perm``: the column order used (in,)."""
+
+    weight: torch.Tensor
+    codes: torch.Tensor
+    scale: torch.Tensor
+    zero: torch.Tensor
+    perm: torch.Tensor
+
+
+def hessian(inputs: torch.Tensor) -> torch.Tensor:
+    """``2 X^T X / n`` of calibration inputs ``(..., in)`` -> ``(in, in)`` fp32."""
+    x = inputs.reshape(-1, inputs.shape[-1]).to(torch.float32)  # (n, in)
+    return 2 * x.T @ x / x.shape[0]
+
+
+def minmax_grid(weight: torch.Tensor, bits: int, group_size: int):
+    """Asymmetric min-max grid per row and group: ``scale, zero`` of shape (out, in // g)."""
+    out_features, in_features = weight.shape
+    if group_size <= 0 or in_features % group_size:
+        raise ValueError(f"group_size {group_size} must divide in_features {in_features}")
+    groups = weight.to(torch.float32).reshape(out_features, -1, group_size)  # (out, G, g)
+    low = groups.amin(-1).clamp(max=0)  # 0 must be representable
+    high = groups.amax(-1).clamp(min=0)
+    scale = (high - low) / (2**bits - 1)
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)  # an all-zero group
+    return scale, torch.round(-low / scale)
+
+
+def quantize_column(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int):
+    """Codes and dequantized values of one column ``w (out,)`` on its grid ``(out,)``."""
+    codes = torch.clamp(torch.round(w / scale) + zero, 0, 2**bits - 1)
+    return codes, scale * (codes - zero)
+
+
+def _inverse_cholesky(h: torch.Tensor, percdamp: float) -> torch.Tensor:
+    """Upper Cholesky factor of ``(H + damp I)^-1``."""
+    h = h + percdamp * torch.diagonal(h).mean() * torch.eye(h.shape[0], dtype=h.dtype)
+    return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+
+
+@torch.no_grad()
+def gptq_quantize(
+    weight: torch.Tensor,
+    h: torch.Tensor,
+    bits: int = 4,
+    group_size: int = 32,
+    act_order: bool = False,
+    percdamp: float = 0.01,
+) -> GPTQResult:
+    """Quantize ``weight (out, in)`` with GPTQ given the Hessian ``h (in, in)``."""
+    if h.shape != (weight.shape[1], weight.shape[1]):
+        raise ValueError(f"h must be ({weight.shape[1]}, {weight.shape[1]}), got {tuple(h.shape)}")
+    scale, zero = minmax_grid(weight, bits, group_size)  # (out, G) each
+    w, h = weight.to(torch.float32).clone(), h.to(torch.float32).clone()
+    dead = torch.diagonal(h) == 0  # inputs that are always 0: their weights do not matter
+    h[dead, dead], w[:, dead] = 1.0, 0.0
+    perm = torch.argsort(torch.diagonal(h), descending=True) if act_order else torch.arange(len(h))
+    w, h = w[:, perm], h[perm][:, perm]  # columns in quantization order
+    u = _inverse_cholesky(h, percdamp)  # (in, in) upper triangular
+    codes = torch.zeros_like(w)
+    for i in range(w.shape[1]):
+        group = perm[i] // group_size  # the grid belongs to the original column
+        codes[:, i], q = quantize_column(w[:, i], scale[:, group], zero[:, group], bits)
+        err = (w[:, i] - q) / u[i, i]  # (out,)
+        w[:, i:] -= err[:, None] * u[i, i:][None, :]  # column i becomes q; later ones absorb
+    inverse = torch.argsort(perm)
+    return GPTQResult(w[:, inverse], codes[:, inverse].to(torch.uint8), scale, zero, perm)
+
+
+def rtn_quantize(weight: torch.Tensor, bits: int = 4, group_size: int = 32) -> torch.Tensor:
+    """Round-to-nearest on the same grid (no error feedback): the baseline GPTQ improves on."""
+    scale, zero = minmax_grid(weight, bits, group_size)
+    g = group_size
+    w = weight.to(torch.float32).reshape(weight.shape[0], -1, g)  # (out, G, g)
+    codes = torch.clamp(torch.round(w / scale[..., None]) + zero[..., None], 0, 2**bits - 1)
+    return (scale[..., None] * (codes - zero[..., None])).reshape(weight.shape)
+
+
+def layer_rel_error(weight_q: torch.Tensor, weight: torch.Tensor, inputs: torch.Tensor) -> float:
+    """``||X Wq^T - X W^T||_F / ||X W^T||_F`` on inputs ``(..., in)``."""
+    x = inputs.reshape(-1, inputs.shape[-1]).to(torch.float32)
+    ref = x @ weight.to(torch.float32).T
+    return float((x @ weight_q.to(torch.float32).T - ref).norm() / ref.norm())
