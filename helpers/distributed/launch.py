@@ -14,7 +14,10 @@ rank returned. It is what ``torchrun`` does, reduced to what a notebook needs:
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,7 +28,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-__all__ = ["launch", "free_port", "default_backend"]
+__all__ = ["launch", "accelerate_launch", "free_port", "default_backend"]
 
 
 def free_port() -> int:
@@ -133,3 +136,33 @@ def _join(context, timeout_s: float) -> None:
             if process.is_alive():
                 process.kill()
             process.join()
+
+
+def accelerate_launch(
+    script: str, script_args: list[str], launch_args: list[str], timeout_s: float = 180.0
+) -> str:
+    """Run ``accelerate launch LAUNCH_ARGS SCRIPT SCRIPT_ARGS`` and return its output.
+
+    The launcher and every process it starts run in their own process group, killed as a
+    whole at ``timeout_s``.
+
+    Raises:
+        RuntimeError: the launch failed (its output is in the message).
+        TimeoutError: it ran past ``timeout_s``.
+    """
+    command = [sys.executable, "-m", "accelerate.commands.launch", *launch_args, script]
+    command += script_args
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        output, _ = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise TimeoutError(f"accelerate launch ran past {timeout_s:g} s and was killed") from None
+    if process.returncode != 0:
+        raise RuntimeError(f"accelerate launch exited with {process.returncode}:\n{output[-3000:]}")
+    return output
