@@ -1,8 +1,10 @@
 # The course's commands. Each creates .venv and installs the course into it when missing.
 #   make course [PROFILE=auto|tiny|t4|...]   run every chapter into build/ and print the table
 #   make test                                the whole test suite (what CI runs)
-#   make lab                                 JupyterLab on chapters/
-#   make doctor                              check this machine
+#   make lab                                 JupyterLab on the course, chapters/ in view
+#   make doctor [PROFILE=...]                check this machine (against a profile)
+#   make versions                            tests + two chapters at the lowest and newest
+#                                            versions pyproject.toml allows (venvs in build/)
 PYTHON ?= python3
 # The torch wheel to install when .venv has none (CI machines have 2.13.0's CPU build on disk).
 TORCH ?= torch==2.13.0
@@ -15,7 +17,10 @@ TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_D
 	HF_HUB_DISABLE_PROGRESS_BARS=1 COURSE_RESULTS=build/test-results.json \
 	COURSE_MEMGUARD=build/test-memguard.json
 
-.PHONY: course test lab doctor lint clean
+# Jupyter refuses to run as root unless told; containers and CI machines often are root.
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
+
+.PHONY: course test lab doctor lint clean versions
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,10 +50,14 @@ lint: $(STAMP)
 
 lab: $(STAMP)
 	$(BIN)/python -c "import jupyterlab" 2>/dev/null || $(BIN)/pip install -q -e ".[lab]"
-	$(BIN)/jupyter lab chapters/
+	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir=. \
+		--LabApp.default_url=/lab/tree/chapters $(ALLOW_ROOT)
 
 doctor: $(STAMP)
-	$(BIN)/python -m helpers.doctor
+	$(BIN)/python -m helpers.doctor --profile $(PROFILE)
+
+versions:
+	.ci/versions.sh lowest latest
 
 clean:
 	rm -rf build

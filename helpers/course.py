@@ -90,24 +90,55 @@ def _headline(numbers: dict, width: int = 70) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
+def profile_label(profile: str) -> str:
+    """The profile as the table shows it: ``tiny (auto)`` when ``auto`` chose tiny."""
+    from helpers.profiles import UnsupportedHardwareError, resolve_profile
+
+    if profile != "auto":
+        return profile
+    try:
+        return f"{resolve_profile('auto')[0].name} (auto)"
+    except UnsupportedHardwareError:
+        return "auto (none fits)"
+
+
+def failure_cause(err: Exception, executed: Path, lines: int = 6) -> str:
+    """What went wrong inside an executed chapter: the failing cell's last printed lines and
+    its exception (papermill's own message only says that a cell raised)."""
+    if not isinstance(err, papermill.PapermillExecutionError):
+        return f"{type(err).__name__}: {err}"
+    printed = []
+    if executed.exists():
+        nb = nbformat.read(executed, as_version=4)
+        for cell in nb.cells:
+            outs = cell.get("outputs", [])
+            if any(o.get("output_type") == "error" for o in outs):
+                text = "".join(o.get("text", "") for o in outs if o.get("output_type") == "stream")
+                printed = text.strip().splitlines()[-lines:]
+    cause = f"cell {err.exec_count} raised {err.ename}: {err.evalue}"
+    return "\n".join([*printed, cause])
+
+
 def run(profile: str, names: list[str] | None) -> int:
     """Execute chapters into build/, print the table; return the number that failed."""
     out_dir = build_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
+    label, rows = profile_label(profile), []
     for path in chapters(names):
         start, status = time.perf_counter(), "ok"
         try:
             execute(path, out_dir / path.name, {"PROFILE": profile})
         except Exception as err:  # noqa: BLE001 - a failed chapter is reported, not fatal
             status = f"FAILED: {type(err).__name__}"
-            print(f"{path.name}: {err}", file=sys.stderr)
+            cause = failure_cause(err, out_dir / path.name).replace("\n", "\n    ")
+            print(f"{path.name} failed:\n    {cause}", file=sys.stderr)
         rows.append((path.stem, time.perf_counter() - start, status))
     results = load_results()
-    print(f"\n{'chapter':<28} {'profile':<8} {'wall s':>7}  {'status':<8} headline numbers")
+    width = max(len(label), 8)
+    print(f"\n{'chapter':<28} {'profile':<{width}} {'wall s':>7}  {'status':<8} headline numbers")
     for stem, seconds, status in rows:
         print(
-            f"{stem:<28} {profile:<8} {seconds:7.1f}  {status:<8} "
+            f"{stem:<28} {label:<{width}} {seconds:7.1f}  {status:<8} "
             f"{_headline(results.get(stem, {}))}"
         )
     print(f"\nexecuted notebooks in {out_dir}/, numbers in {results_path()}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import os
 import platform
 import sys
 import time
@@ -20,7 +21,14 @@ from collections.abc import Callable
 import torch
 
 from helpers.hardware import Hardware, detect
-from helpers.profiles import UnsupportedHardwareError, get_profile, resolve_profile
+from helpers.paths import PACKAGE_DIR, missing_data
+from helpers.profiles import (
+    Profile,
+    UnsupportedHardwareError,
+    get_profile,
+    missing_kernels_advice,
+    resolve_profile,
+)
 
 PACKAGES = (
     "torch",
@@ -50,9 +58,19 @@ def warnings_for(hw: Hardware) -> list[str]:
     """Advice for this machine, each saying what to do."""
     out = []
     if hw.device == "cuda" and not hw.torch_supports_gpu:
+        out.append(missing_kernels_advice(hw))
+    if hw.gpu_count > 1:
+        names = sorted(set(hw.gpu_names or (hw.gpu_name,)))
+        kind = f"{names[0]}s" if len(names) == 1 else "GPUs (" + ", ".join(names) + ")"
         out.append(
-            f"This torch build has no kernels for the {hw.gpu_name} ({hw.sm}). On "
-            "Kaggle, switch Settings > Accelerator to 'GPU T4 x2'."
+            f"Found {hw.gpu_count} {kind}: the profiles train on the first; chapter 07 "
+            "(two GPUs) uses both."
+        )
+    if hw.device == "cuda" and not hw.tensor_cores:
+        out.append(
+            f"The {hw.gpu_name} ({hw.sm}) has no tensor cores: fp16 runs on its CUDA cores, so "
+            "steps are slower than on a T4; bitsandbytes' LLM.int8 needs compute capability "
+            "7.5, so chapters skip the 8-bit path (4-bit NF4 runs)."
         )
     if hw.device == "cuda" and not hw.bf16_native:
         out.append(
@@ -66,6 +84,56 @@ def warnings_for(hw: Hardware) -> list[str]:
         )
     if hw.platform == "colab":
         out.append("Colab can disconnect: point chapter 03's CHECKPOINT_DIR at Google Drive.")
+    return out
+
+
+def data_problem() -> str | None:
+    """Say what is missing when the course's data/ is incomplete (None when it is complete)."""
+    missing = missing_data()
+    if not missing:
+        return None
+    names = ", ".join(str(p) for p in missing)
+    return (
+        f"The course's data is missing ({names}): helpers was imported from {PACKAGE_DIR}, which "
+        "has no data/ beside it. Run from a clone of the course (git clone, then pip install -e "
+        ". in it), install it with pip install . from a clone, or set COURSE_ROOT to a clone."
+    )
+
+
+def _model_reachable(profile: Profile) -> bool:
+    """Whether the profile's model can be read here: shipped, cached, or the hub allowed."""
+    if profile.is_local:
+        return True
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("1", "true", "True", "YES", "yes"):
+        return True
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(profile.model_id, "config.json"), str)
+
+
+def profile_problems(profile: Profile, hw: Hardware) -> list[str]:
+    """Why a profile cannot run on this hardware (empty when it can), each saying what to do."""
+    out = []
+    if profile.min_gpu_memory_gb > 0 and hw.device != "cuda":
+        out.append(
+            f"Profile {profile.name!r} needs a CUDA GPU with {profile.min_gpu_memory_gb:g} GiB; "
+            "this machine has none. Use PROFILE='auto' (tiny on a CPU)."
+        )
+    elif profile.min_gpu_memory_gb > hw.total_memory_gb and hw.device == "cuda":
+        out.append(
+            f"Profile {profile.name!r} needs {profile.min_gpu_memory_gb:g} GiB of GPU memory; "
+            f"the {hw.gpu_name} has {hw.total_memory_gb:.1f}. Use PROFILE='auto'."
+        )
+    if profile.compute_dtype == "bfloat16" and hw.device == "cuda" and not hw.bf16_native:
+        out.append(
+            f"Profile {profile.name!r} computes in bf16, which the {hw.gpu_name} only emulates. "
+            "Use PROFILE='auto' (fp16 here)."
+        )
+    if not _model_reachable(profile):
+        out.append(
+            f"Profile {profile.name!r} loads {profile.model_id}, which is not in the local cache, "
+            "and HF_HUB_OFFLINE is set. Download it first, or use PROFILE='tiny'."
+        )
     return out
 
 
@@ -103,6 +171,10 @@ def _self_test_steps() -> list[tuple[str, Callable[[], None]]]:
 
 
 def self_test() -> list[dict]:
+    """Run the self-test steps; each result says what failed and why."""
+    problem = data_problem()
+    if problem:  # every step loads the tiny model: name the cause once, not three tracebacks
+        return [{"check": "course data present", "ok": False, "seconds": 0.0, "detail": problem}]
     results = []
     for name, step in _self_test_steps():
         start = time.perf_counter()
@@ -125,15 +197,27 @@ def self_test() -> list[dict]:
 
 
 def diagnose(profile_name: str = "auto") -> dict:
+    """Check this machine against a profile (``auto``: the one it would pick).
+
+    Returns:
+        A report dict: versions, hardware, warnings, profile and reason, profile problems,
+        self-test results, and ``ok``.
+    """
     hw = detect()
     report = {"versions": versions(), "hardware": hw.to_dict(), "warnings": warnings_for(hw)}
+    report["problems"] = []
     try:
         profile, why = resolve_profile(profile_name, hw=hw)
         report["profile"], report["profile_reason"] = profile.name, why
+        report["problems"] = profile_problems(profile, hw)
     except (UnsupportedHardwareError, ValueError) as err:
         report["profile"], report["profile_reason"] = None, str(err)
     report["self_test"] = self_test()
-    report["ok"] = report["profile"] is not None and all(t["ok"] for t in report["self_test"])
+    report["ok"] = (
+        report["profile"] is not None
+        and not report["problems"]
+        and all(t["ok"] for t in report["self_test"])
+    )
     return report
 
 
@@ -149,6 +233,8 @@ def print_report(report: dict) -> None:
     print(f"  profile: {report['profile']} ({report['profile_reason']})")
     for text in report["warnings"]:
         print(f"  note: {text}")
+    for text in report.get("problems", []):
+        print(f"  PROBLEM: {text}")
     for t in report["self_test"]:
         mark = "ok  " if t["ok"] else "FAIL"
         print(f"  [{mark}] {t['check']} ({t['seconds']} s) {t['detail']}")

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 GIB = 1024**3
+# PyTorch's CUDA 12.6 wheels still carry sm_60 kernels (a P100); its 12.8+ builds do not.
+CU126_INDEX = "https://download.pytorch.org/whl/cu126"
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,9 @@ class Hardware:
         bf16_native: the GPU computes bf16 in hardware (not through emulation).
         arch_list: the GPU architectures this torch build ships kernels for ("sm_75", ...).
         cpu_count: logical CPUs.
+        gpu_count: CUDA GPUs visible (Kaggle's "T4 x2" shows 2); profiles use the first.
+        gpu_names: the name of each visible GPU, in device order.
+        torch_version: torch's version without the local build tag, e.g. "2.11.0".
     """
 
     platform: str = "local"
@@ -39,6 +44,9 @@ class Hardware:
     bf16_native: bool = False
     arch_list: tuple[str, ...] = field(default_factory=tuple)
     cpu_count: int = 1
+    gpu_count: int = 0
+    gpu_names: tuple[str, ...] = field(default_factory=tuple)
+    torch_version: str = ""
 
     @property
     def sm(self) -> str:
@@ -60,8 +68,40 @@ class Hardware:
         ptx = [a for a in self.arch_list if a.startswith("compute_")]
         return any(int(a.split("_")[1]) <= major * 10 + minor for a in ptx)
 
+    @property
+    def tensor_cores(self) -> bool:
+        """fp16 tensor cores arrived with Volta (7.0); a P100 (6.0) multiplies on CUDA cores."""
+        return bool(self.capability) and self.capability >= (7, 0)
+
+    @property
+    def int8_matmul(self) -> bool:
+        """Whether bitsandbytes' LLM.int8 (8-bit matmul) runs: it needs compute capability 7.5.
+
+        A CPU counts as able: bitsandbytes runs LLM.int8 there (slowly). Chapters test this flag
+        and skip the 8-bit path with a message where it is False.
+        """
+        return self.device != "cuda" or (bool(self.capability) and self.capability >= (7, 5))
+
+    @property
+    def fix_command(self) -> str:
+        """The pip command that installs this torch version's cu126 build (which ships sm_60 for
+        a P100); "" when the GPU needs no fix or torch's version is unknown."""
+        if self.device != "cuda" or self.torch_supports_gpu or not self.torch_version:
+            return ""
+        return (
+            f"pip install --force-reinstall --no-deps torch=={self.torch_version} "
+            f"--index-url {CU126_INDEX}"
+        )
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "sm": self.sm, "torch_supports_gpu": self.torch_supports_gpu}
+        extra = {"tensor_cores": self.tensor_cores, "int8_matmul": self.int8_matmul}
+        extra |= {"fix_command": self.fix_command}
+        return {
+            **asdict(self),
+            "sm": self.sm,
+            "torch_supports_gpu": self.torch_supports_gpu,
+            **extra,
+        }
 
 
 def detect_platform(environ: dict[str, str] | None = None) -> str:
@@ -90,7 +130,11 @@ def _cpu_memory_gb() -> tuple[float, float]:
 
 def detect() -> Hardware:
     """Read the real machine."""
-    common = {"platform": detect_platform(), "cpu_count": os.cpu_count() or 1}
+    common = {
+        "platform": detect_platform(),
+        "cpu_count": os.cpu_count() or 1,
+        "torch_version": torch.__version__.split("+")[0],
+    }
     if not torch.cuda.is_available():
         total, free = _cpu_memory_gb()
         return Hardware(device="cpu", total_memory_gb=total, free_memory_gb=free, **common)
@@ -105,5 +149,7 @@ def detect() -> Hardware:
         # A T4 reports bf16 as supported through emulation; only native support counts here.
         bf16_native=torch.cuda.is_bf16_supported(including_emulation=False),
         arch_list=tuple(torch.cuda.get_arch_list()),
+        gpu_count=torch.cuda.device_count(),
+        gpu_names=tuple(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())),
         **common,
     )

@@ -18,6 +18,7 @@ from transformers import (
     logging as hf_logging,
 )
 
+from helpers.paths import PACKAGE_DIR, TINY_MODEL_DIR, missing_data
 from helpers.profiles import Profile
 
 
@@ -30,6 +31,14 @@ class ModelTooLargeError(MemoryError):
 
 
 def _unavailable(profile: Profile, err: Exception) -> ModelUnavailableError:
+    if profile.is_local:  # the shipped model: the cause is a missing data/, not the hub
+        missing = ", ".join(str(p) for p in missing_data()) or profile.model_id
+        return ModelUnavailableError(
+            f"Could not load the course's tiny model (profile {profile.name!r}): {err}\n"
+            f"Missing: {missing}. helpers was imported from {PACKAGE_DIR}; run from a clone "
+            "of the course, install it with pip install . from a clone, or set COURSE_ROOT "
+            "to a clone."
+        )
     return ModelUnavailableError(
         f"Could not load {profile.model_id!r} (profile {profile.name!r}): {err}\n"
         "The model hub may be unreachable from this machine (offline, firewalled, or "
@@ -38,8 +47,16 @@ def _unavailable(profile: Profile, err: Exception) -> ModelUnavailableError:
     )
 
 
+def _check_shipped(profile: Profile) -> None:
+    """Refuse early, naming the missing files, when the shipped model is not on disk (without
+    this, transformers reads the missing path as a malformed hub id)."""
+    if profile.is_local and not (TINY_MODEL_DIR / "config.json").is_file():
+        raise _unavailable(profile, FileNotFoundError(TINY_MODEL_DIR / "config.json"))
+
+
 def load_tokenizer(profile: Profile) -> PreTrainedTokenizerBase:
     """The profile's tokenizer, with a pad token and left padding ready for generation."""
+    _check_shipped(profile)
     try:
         tok = AutoTokenizer.from_pretrained(profile.model_id, trust_remote_code=False)
     except OSError as err:
@@ -116,6 +133,7 @@ def load_model(
         ModelUnavailableError: the model cannot be reached or read.
         ModelTooLargeError: unquantized, the model would not fit in the GPU's free memory.
     """
+    _check_shipped(profile)
     four_bit = profile.load_in_4bit if load_in_4bit is None else load_in_4bit
     if not four_bit:
         check_fits_unquantized(profile)

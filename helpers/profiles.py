@@ -225,6 +225,29 @@ PROFILES: dict[str, Profile] = {
             description="7.6B model, QLoRA with checkpointing, micro-batch 1: a T4's 15 GB",
         ),
         Profile(
+            name="p100",
+            model_id="Qwen/Qwen2.5-1.5B-Instruct",
+            compute_dtype="float16",
+            load_in_4bit=True,
+            max_seq_len=512,
+            micro_batch_size=2,
+            grad_accum_steps=8,
+            max_steps=100,
+            lr=2e-4,
+            lora_r=16,
+            lora_alpha=32,
+            target_modules=ALL_LINEAR,
+            eval_examples=200,
+            gradient_checkpointing=True,
+            min_gpu_memory_gb=12.0,
+            # A P100 (compute capability 6.0) has no tensor cores: its fp16 runs on CUDA cores at
+            # twice its fp32 rate, 18.7 TFLOPS peak against a T4's 65 on tensor cores (NVIDIA's
+            # data sheets), so expect slower steps than on a T4. LLM.int8 needs 7.5: chapters
+            # test Hardware.int8_matmul and skip it. 4-bit NF4 runs (bitsandbytes' cu126 build
+            # ships sm_60), and so does torch's cu126 build, which the set-up cell can install.
+            description="as t4, on a Kaggle P100 (16 GB, fp16 without tensor cores, no LLM.int8)",
+        ),
+        Profile(
             name="gpu-bf16",
             model_id="Qwen/Qwen2.5-1.5B-Instruct",
             compute_dtype="bfloat16",
@@ -250,21 +273,37 @@ class UnsupportedHardwareError(RuntimeError):
     """The machine cannot run the course's GPU profiles; the message says what to do."""
 
 
+def missing_kernels_advice(hw: Hardware) -> str:
+    """Why this torch build cannot use the GPU, and the fix (a P100 under a CUDA 12.8+ torch)."""
+    text = (
+        f"This torch build ({hw.torch_version or 'unknown version'}) has no kernels for the "
+        f"{hw.gpu_name} ({hw.sm}); it ships {', '.join(hw.arch_list) or 'none'}."
+    )
+    if hw.capability and hw.capability >= (6, 0) and hw.fix_command:
+        text += (
+            " PyTorch's CUDA 12.6 build of the same version still has sm_60 kernels: set "
+            "P100_FIX = True in the parameters cell and run the set-up cell (or run "
+            f"`{hw.fix_command}`), then restart the runtime."
+        )
+    return text + " Or, on Kaggle, pick Settings > Accelerator > 'GPU T4 x2'; or PROFILE='tiny'."
+
+
 def choose_profile(hw: Hardware) -> tuple[str, str]:
     """Pick a profile name for this hardware and say why.
 
+    Profiles use one GPU (the first) however many there are.
+
     Raises:
-        UnsupportedHardwareError: a GPU this torch build has no kernels for (e.g. a P100).
+        UnsupportedHardwareError: a GPU this torch build has no kernels for (e.g. a P100 under
+            a CUDA 12.8+ torch); the message gives the fix.
     """
     if hw.device != "cuda":
         return "tiny", "no CUDA GPU: the shipped tiny model, in fp32 on the CPU"
     if not hw.torch_supports_gpu:
-        raise UnsupportedHardwareError(
-            f"This torch build has no kernels for the {hw.gpu_name} ({hw.sm}); it ships "
-            f"{', '.join(hw.arch_list)}. On Kaggle, set Settings > Accelerator to 'GPU T4 x2'; "
-            "elsewhere use a GPU of compute capability 7.0 or newer, or PROFILE='tiny'."
-        )
+        raise UnsupportedHardwareError(missing_kernels_advice(hw))
     gb = hw.total_memory_gb
+    if not hw.tensor_cores and gb >= PROFILES["p100"].min_gpu_memory_gb:
+        return "p100", f"{hw.gpu_name} ({hw.sm}) has no tensor cores: fp16, {gb:.1f} GiB"
     if gb < PROFILES["t4"].min_gpu_memory_gb:
         if gb < PROFILES["gpu-4gb"].min_gpu_memory_gb:
             raise UnsupportedHardwareError(

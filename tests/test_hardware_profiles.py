@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from helpers.hardware import Hardware, detect, detect_platform
@@ -40,6 +42,8 @@ def p100(arch_list):
         capability=(6, 0),
         total_memory_gb=15.9,
         arch_list=arch_list,
+        gpu_count=1,
+        torch_version="2.11.0",
     )
 
 
@@ -64,18 +68,42 @@ def test_small_card_gets_small_profile():
     assert profile.name == "gpu-4gb" and profile.gradient_checkpointing
 
 
-def test_p100_without_sm60_kernels_says_what_to_pick():
+def test_p100_without_sm60_kernels_offers_the_cu126_fix():
     hw = p100(BUILD_WITHOUT_SM60)
     assert not hw.torch_supports_gpu
+    assert hw.fix_command == (
+        "pip install --force-reinstall --no-deps torch==2.11.0 "
+        "--index-url https://download.pytorch.org/whl/cu126"
+    )
     with pytest.raises(UnsupportedHardwareError) as err:
         resolve_profile("auto", hw=hw)
-    assert "sm_60" in str(err.value) and "T4 x2" in str(err.value)
+    text = str(err.value)
+    assert "sm_60" in text and "T4 x2" in text and "P100_FIX = True" in text
+    assert hw.fix_command in text and "restart" in text
 
 
-def test_p100_with_sm60_or_ptx_kernels_runs():
+def test_p100_with_sm60_or_ptx_kernels_gets_the_p100_profile():
     assert p100(("sm_60", "sm_70")).torch_supports_gpu
     assert p100(("sm_70", "compute_50")).torch_supports_gpu  # PTX compiles forward
-    assert resolve_profile("auto", hw=p100(("sm_60",)))[0].name == "t4"
+    assert p100(("sm_60",)).fix_command == ""  # nothing to fix
+    profile, why = resolve_profile("auto", hw=p100(("sm_60",)))
+    assert profile.name == "p100" and profile.compute_dtype == "float16"
+    assert profile.load_in_4bit and "no tensor cores" in why
+
+
+def test_int8_and_tensor_core_flags_follow_compute_capability():
+    hw = p100(("sm_60",))
+    assert not hw.tensor_cores and not hw.int8_matmul  # LLM.int8 needs 7.5
+    assert T4.tensor_cores and T4.int8_matmul and A100.int8_matmul
+    volta = Hardware(device="cuda", gpu_name="V100", capability=(7, 0), total_memory_gb=16)
+    assert volta.tensor_cores and not volta.int8_matmul
+    assert Hardware(device="cpu").int8_matmul and not Hardware(device="cpu").tensor_cores
+
+
+def test_two_t4s_are_counted_and_profiles_stay_on_one():
+    t4x2 = Hardware(**{**dataclasses.asdict(T4), "gpu_count": 2, "gpu_names": ("Tesla T4",) * 2})
+    assert t4x2.gpu_count == 2
+    assert resolve_profile("auto", hw=t4x2)[0].name == "t4"
 
 
 def test_unknown_profile_lists_the_valid_ones():
@@ -108,3 +136,4 @@ def test_platform_detection():
 def test_detect_reads_this_machine():
     hw = detect()
     assert hw.device in ("cpu", "cuda") and hw.cpu_count >= 1 and hw.total_memory_gb > 0
+    assert hw.gpu_count == len(hw.gpu_names) and hw.torch_version

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Run the unit tests and two chapters with the course's dependencies at one version set:
+#   .ci/versions.sh lowest|latest|colab [more sets]
+# Each set gets its own venv under build/venvs/ with torch 2.13.0 (CPU, from local disk) and
+# the rest at the versions .ci/<set>.txt pins (lowest: exactly pyproject's lower bounds;
+# latest: the newest). uv resolves and installs (pip's resolver took 9 minutes on a busy
+# machine); the course itself is used from this checkout through PYTHONPATH.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+TESTS=${VERSION_TESTS:-tests/test_core.py tests/test_hardware_profiles.py tests/test_doctor.py tests/test_quantization.py tests/test_lora.py tests/test_qlora.py}
+CHAPTERS=${VERSION_CHAPTERS:-00_setup 03_qlora}
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1
+export HF_HUB_DISABLE_PROGRESS_BARS=1 PYTHONPATH="$PWD" OMP_NUM_THREADS=1
+export UV_FIND_LINKS=${UV_FIND_LINKS:-${PIP_FIND_LINKS:-}}
+tools=build/venvs/tools
+test -x $tools/bin/uv || { $PYTHON -m venv $tools && $tools/bin/pip install -q uv; }
+for set in "$@"; do
+  start=$(date +%s)
+  venv=build/venvs/$set
+  test -x $venv/bin/python || $PYTHON -m venv $venv
+  $venv/bin/python -c "import torch" 2>/dev/null || $venv/bin/pip install -q torch==2.13.0
+  $tools/bin/uv pip install -q --python $venv/bin/python --index-strategy unsafe-best-match \
+    -c ".ci/$set.txt" -r pyproject.toml --extra test
+  installed=$(( $(date +%s) - start ))
+  $venv/bin/python -m helpers.doctor --json > build/venvs/$set-doctor.json || true
+  $venv/bin/python - <<'PY'
+import importlib.metadata as m
+print("versions:", ", ".join(f"{p} {m.version(p)}" for p in
+      ["torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "ipywidgets"]))
+PY
+  COURSE_RESULTS=build/venvs/$set-results.json $venv/bin/python -m pytest -q -p no:cacheprovider \
+    -m "not slow" $TESTS
+  for chapter in $CHAPTERS; do
+    COURSE_BUILD_DIR=build/venvs/$set-out $venv/bin/python -m papermill -k python3 \
+      --cwd chapters --no-progress-bar -p PROFILE tiny chapters/$chapter.ipynb \
+      build/venvs/$set-$chapter.ipynb
+    echo "versions $set: chapter $chapter ran"
+  done
+  echo "versions $set: install ${installed} s, all $(( $(date +%s) - start )) s"
+done

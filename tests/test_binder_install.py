@@ -1,0 +1,72 @@
+"""The course installed as binder/ installs it (plain `pip install .`, not editable) into a
+fresh venv finds its tiny model from any working directory, and chapter 00 runs there.
+
+Slow (about 2 to 4 minutes on a busy 2-core machine, mostly pip): it builds a venv with torch
+2.13.0 from local disk, copies the tracked files of this checkout (as Binder clones them), and
+installs binder/requirements.txt with this environment's versions as constraints, so pip
+reuses its wheel cache instead of resolving anew.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import venv
+
+import pytest
+
+from helpers.paths import PACKAGE_DIR
+
+COURSE = PACKAGE_DIR.parent
+LOAD = """
+import json, os, helpers.paths as p
+from helpers.models import load_model
+from helpers.profiles import get_profile
+model, tok = load_model(get_profile("tiny"))
+print(json.dumps({"helpers": p.PACKAGE_DIR.as_posix(), "data": p.DATA_DIR.as_posix(),
+                  "params": sum(t.numel() for t in model.parameters()), "cwd": os.getcwd()}))
+"""
+
+
+def _run(cmd, **kwargs):
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, **kwargs)
+    assert done.returncode == 0, f"{cmd}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_binder_style_install_loads_the_tiny_model_and_runs_chapter_00(tmp_path):
+    tracked = _run(["git", "ls-files"], cwd=COURSE).split()
+    clone = tmp_path / "clone"
+    for name in tracked:
+        if (COURSE / name).is_file():
+            (clone / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(COURSE / name, clone / name)
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)  # no --system-site-packages
+    py = str(env_dir / "bin" / "python")
+    pins = tmp_path / "pins.txt"
+    freeze = _run([sys.executable, "-m", "pip", "freeze", "--exclude-editable"])
+    pins.write_text("\n".join(line for line in freeze.splitlines() if "==" in line))
+    # Binder's extra index (torch's CPU wheels) is not reachable here: torch comes from disk.
+    reqs = (clone / "binder" / "requirements.txt").read_text().splitlines()
+    reqs = [r for r in reqs if r and not r.startswith(("#", "--extra-index-url"))]
+    _run([py, "-m", "pip", "install", "-q", "-c", str(pins), "torch==2.13.0"])
+    _run([py, "-m", "pip", "install", "-q", "-c", str(pins), *reqs], cwd=clone)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env.pop("COURSE_ROOT", None)
+    found = json.loads(_run([py, "-c", LOAD], cwd=elsewhere, env=env).splitlines()[-1])
+    assert "site-packages" in found["helpers"] and str(COURSE) not in found["helpers"]
+    assert found["data"].endswith("share/budget-finetuning-course/data")
+    assert 1_000_000 < found["params"] < 10_000_000
+    # Chapter 00 from the clone, as Binder opens it, with papermill in the same venv.
+    _run([py, "-m", "pip", "install", "-q", "-c", str(pins), "papermill", "ipykernel"])
+    out = tmp_path / "00_setup.ipynb"
+    chapter = clone / "chapters" / "00_setup.ipynb"
+    args = ["-k", "python3", "--cwd", str(chapter.parent), "-p", "PROFILE", "tiny"]
+    _run([py, "-m", "papermill", *args, str(chapter), str(out)], env=env)
