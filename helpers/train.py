@@ -3,6 +3,10 @@
 Gradient accumulation divides the summed token losses of the whole window by the window's
 number of target tokens, so k micro-batches give the full batch's gradient (chapter 04 shows
 why averaging per-micro-batch means does not).
+
+Two optional extras: gradient clipping by global norm (``max_grad_norm``; QLoRA used 0.3,
+Dettmers et al. 2023, appendix B) and a validation loss every ``eval_every`` steps on held-out
+records (``eval_dataset``), the curve that shows over-fitting when it turns up.
 """
 
 from __future__ import annotations
@@ -39,6 +43,31 @@ def token_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     )
 
 
+@torch.no_grad()
+def validation_loss(model, tokenizer, dataset, micro_batch_size: int = 16, max_seq_len: int = 128):
+    """Token-weighted mean loss on ``dataset``'s target tokens, the model left in its mode.
+
+    Args:
+        dataset: prompt/completion records (see helpers.data), all of them scored.
+    Returns:
+        The summed cross-entropy over every target token divided by their number (a float).
+    """
+    was_training, device = model.training, next(model.parameters()).device
+    model.eval()
+    collate, total, count = Collator(tokenizer, max_seq_len), 0.0, 0
+    for start in range(0, len(dataset), micro_batch_size):
+        batch = collate(
+            [dataset[i] for i in range(start, min(start + micro_batch_size, len(dataset)))]
+        )
+        batch = {k: v.to(device) for k, v in batch.items()}
+        total += token_loss_sum(model, batch).item()
+        count += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    model.train(was_training)
+    if count == 0:
+        raise ValueError("validation_loss: the dataset has no target tokens to score")
+    return total / count
+
+
 def train(
     model,
     tokenizer,
@@ -53,6 +82,10 @@ def train(
     progress: bool = True,
     optimizer: torch.optim.Optimizer | None = None,
     mixed_precision: str | None = None,
+    max_grad_norm: float | None = None,
+    eval_dataset=None,
+    eval_every: int = 10,
+    history: dict[str, list] | None = None,
 ) -> list[float]:
     """Train the model's trainable parameters; return the loss of every optimizer step.
 
@@ -62,10 +95,21 @@ def train(
         optimizer: defaults to AdamW(lr) over the parameters with ``requires_grad``.
         mixed_precision: "fp16" (autocast + loss scaling, for a T4) or "bf16" (autocast) on a
             GPU; None computes in the weights' own dtype.
+        max_grad_norm: clip the global gradient norm to this (after unscaling); None: no clip.
+        eval_dataset: held-out records; their ``validation_loss`` every ``eval_every`` steps
+            and after the last one goes into ``history``.
+        history: a dict to fill with ``grad_norm`` (global norm before clipping, per step) and,
+            with ``eval_dataset``, ``val_step`` and ``val_loss`` (lists).
     Returns:
         One loss per optimizer step; a window with no target tokens is skipped with a warning
         (no step, no loss), as in ``helpers.accumulation``.
     """
+    if max_grad_norm is not None and not max_grad_norm > 0:
+        raise ValueError(f"max_grad_norm must be a positive number or None, got {max_grad_norm}")
+    if eval_dataset is not None and eval_every < 1:
+        raise ValueError(f"eval_every must be a positive number of steps, got {eval_every}")
+    log = history if history is not None else {}
+    log.update(grad_norm=[], val_step=[], val_loss=[])
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("The model has no trainable parameters: add adapters or unfreeze.")
@@ -96,10 +140,17 @@ def train(
                 loss = token_loss_sum(model, batch) / n_targets
             scaler.scale(loss).backward()
             total += loss.item()
+        scaler.unscale_(opt)  # true gradients (fp16 loss scaling undone) before the norm
+        norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm or float("inf"))
+        log["grad_norm"].append(norm.item())
         scaler.step(opt)
         scaler.update()
         opt.zero_grad(set_to_none=True)
         losses.append(total)
         bar.set_postfix(loss=f"{total:.3f}")
+        step = len(losses)
+        if eval_dataset is not None and (step % eval_every == 0 or step == max_steps):
+            log["val_step"].append(step)
+            log["val_loss"].append(validation_loss(model, tokenizer, eval_dataset, 16, max_seq_len))
     model.eval()
     return losses
