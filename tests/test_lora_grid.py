@@ -152,8 +152,9 @@ def test_model_grid_bit_exact(dtype, targets, r, alpha, use_rslora):
         naive.merge_lora(model_n), library.merge_lora(model_p)
         merged_n = model_n(input_ids=ids).logits
         assert torch.equal(merged_n, model_p(input_ids=ids).logits)
-        # merged and unmerged compute (W + sBA)x and Wx + sB(Ax): equal up to rounding
-        tol = {torch.float32: 1e-4, torch.float16: 3e-2, torch.bfloat16: 2e-1}[dtype]
+        # merged and unmerged compute (W + sBA)x and Wx + sB(Ax): equal up to rounding of the
+        # base dtype (logits ~0.6; measured max differences 2e-6, 1.6e-3, 2e-2 over 5 draws)
+        tol = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 8e-2}[dtype]
         torch.testing.assert_close(merged_n, before, atol=tol, rtol=tol)
         naive.unmerge_lora(model_n), library.unmerge_lora(model_p)
         assert torch.equal(model_n(input_ids=ids).logits, model_p(input_ids=ids).logits)
