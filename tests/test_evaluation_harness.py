@@ -146,3 +146,13 @@ def test_bootstrap_bad_input(twin):
         twin.bootstrap_ci(np.array([]), mean)
     estimate, low, high = twin.bootstrap_ci(values, mean, 40, 0.95)  # the smallest allowed
     assert low <= estimate <= high
+
+
+@pytest.mark.parametrize("twin", [naive, library], ids=["naive", "library"])
+def test_task_scores_name_a_broken_reference(twin):
+    good = '{"category": "billing", "sentiment": "negative", "urgency": "high"}'
+    with pytest.raises(ValueError, match="reference 1 is not valid JSON"):
+        twin.task_scores([good, good], [good, '{"category": '])
+    with pytest.raises(ValueError, match="reference 0 must be a JSON object with fields"):
+        twin.task_scores([good], ['{"category": "billing"}'])
+    assert twin.task_scores([good], [good])["exact"].tolist() == [True]

@@ -152,8 +152,9 @@ def test_model_grid_bit_exact(dtype, targets, r, alpha, use_rslora):
         naive.merge_lora(model_n), library.merge_lora(model_p)
         merged_n = model_n(input_ids=ids).logits
         assert torch.equal(merged_n, model_p(input_ids=ids).logits)
-        # merged and unmerged compute (W + sBA)x and Wx + sB(Ax): equal up to rounding
-        tol = {torch.float32: 1e-4, torch.float16: 3e-2, torch.bfloat16: 2e-1}[dtype]
+        # merged and unmerged compute (W + sBA)x and Wx + sB(Ax): equal up to rounding of the
+        # base dtype (logits ~0.6; measured max differences 2e-6, 1.6e-3, 2e-2 over 5 draws)
+        tol = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 8e-2}[dtype]
         torch.testing.assert_close(merged_n, before, atol=tol, rtol=tol)
         naive.unmerge_lora(model_n), library.unmerge_lora(model_p)
         assert torch.equal(model_n(input_ids=ids).logits, model_p(input_ids=ids).logits)
@@ -164,14 +165,14 @@ def test_model_grid_bit_exact(dtype, targets, r, alpha, use_rslora):
 
 def test_non_linear_targets_get_a_clear_type_error():
     llama = _llama(torch.float32)
-    with pytest.raises(TypeError, match=r"'model.embed_tokens' is a Embedding"):
+    with pytest.raises(TypeError, match=r"'model.embed_tokens' is of type Embedding"):
         naive.add_lora(llama, 4, 8, ("embed_tokens",))
     assert not naive._lora_layers(llama)  # nothing half-done: no layer was wrapped
-    with pytest.raises(TypeError, match=r"'model.layers.0.mlp' is a LlamaMLP"):
+    with pytest.raises(TypeError, match=r"'model.layers.0.mlp' is of type LlamaMLP"):
         naive.add_lora(llama, 4, 8, ("q_proj", "mlp"))
     assert not naive._lora_layers(llama)
     for module in (nn.Conv1d(4, 4, 3), nn.Embedding(10, 4)):
-        with pytest.raises(TypeError, match=f"base_layer is a {type(module).__name__}"):
+        with pytest.raises(TypeError, match=f"base_layer is of type {type(module).__name__}"):
             naive.LoRALinear(module, 2, 4)
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=2))
     with pytest.raises(TypeError, match="GPT-2's Conv1D"):

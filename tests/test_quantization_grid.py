@@ -160,3 +160,20 @@ def test_guards_accept_every_legitimate_layout():
             assert back.shape == x.shape
     codes, absmax = library.quantize_blockwise(x, naive.dynamic_codebook(), 256)
     naive.dequantize_blockwise(codes, absmax, naive.dynamic_codebook(), 256)
+
+
+@pytest.mark.parametrize("twin", [naive, library], ids=["naive", "library"])
+def test_int8_linear_and_zeropoint_bad_input(twin):
+    x, weight = torch.randn(3, 8), torch.randn(5, 8)
+    bad = weight.clone()
+    bad[2, 3] = float("nan")
+    with pytest.raises(ValueError, match="weight has 1 NaN or inf"):
+        twin.int8_linear(x, bad)
+    with pytest.raises(ValueError, match="must share C"):
+        twin.int8_linear(x, torch.randn(5, 7))
+    q, scale, zero_point = twin.quantize_zeropoint_int8(x)
+    for bad_scale in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="scale must be a positive finite number"):
+            twin.dequantize_zeropoint_int8(q, bad_scale, zero_point)
+    with pytest.raises(ValueError, match="zero_point must be an integer in 0..255"):
+        twin.dequantize_zeropoint_int8(q, scale, 300)

@@ -181,6 +181,8 @@ def task_scores(predictions: list[str], references: list[str]) -> dict[str, np.n
     """
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+    for i, gold in enumerate(references):
+        naive._reference(gold, i)  # a clear error for a broken reference, as the naive twin
     rows = [task.score(p, g) for p, g in zip(predictions, references, strict=True)]
     return {key: np.array([r[key] for r in rows]) for key in ("exact", "valid", *task.FIELDS)}
 

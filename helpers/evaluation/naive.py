@@ -310,6 +310,21 @@ def _parse(text: str) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
+def _reference(text: str, index: int) -> dict:
+    """A gold answer: a JSON object with the three fields."""
+    try:
+        gold = json.loads(text)
+    except (json.JSONDecodeError, TypeError) as err:
+        raise ValueError(
+            f"reference {index} is not valid JSON ({err}): {str(text)[:60]!r}"
+        ) from None
+    if not isinstance(gold, dict) or any(f not in gold for f in FIELDS):
+        raise ValueError(
+            f"reference {index} must be a JSON object with fields {FIELDS}: {text[:60]!r}"
+        )
+    return gold
+
+
 def task_scores(predictions: list[str], references: list[str]) -> dict[str, np.ndarray]:
     """Per-example metrics of the course task (a review in, JSON with three fields out).
 
@@ -324,7 +339,7 @@ def task_scores(predictions: list[str], references: list[str]) -> dict[str, np.n
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
     rows = []
     for pred_text, gold_text in zip(predictions, references, strict=True):
-        gold, pred = json.loads(gold_text), _parse(pred_text) or {}
+        gold, pred = _reference(gold_text, len(rows)), _parse(pred_text) or {}
         valid = all(isinstance(pred.get(f), str) for f in FIELDS)
         fields = {f: pred.get(f) == gold[f] for f in FIELDS}
         rows.append({"valid": valid, "exact": valid and all(fields.values()), **fields})

@@ -64,7 +64,7 @@ def _check_wrappable(module: nn.Module, where: str) -> None:
         )
     if not isinstance(module, nn.Linear):
         raise TypeError(
-            f"{where} is a {kind}, not an nn.Linear: the naive LoRA wraps linear layers only "
+            f"{where} is of type {kind}, not nn.Linear: the naive LoRA wraps linear layers only "
             "(peft, in helpers.lora.library, also adapts Embedding and Conv layers)."
         )
 

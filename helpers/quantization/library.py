@@ -20,9 +20,11 @@ from helpers.quantization.naive import (
     _check_blocksize,
     _check_codebook,
     _check_float,
+    _check_int8_linear,
     _check_int8_stats,
     _check_stats,
     _check_storage,
+    _check_zeropoint,
     _packed_bytes,
 )
 
@@ -71,6 +73,7 @@ def quantize_zeropoint_int8(x: torch.Tensor) -> tuple[torch.Tensor, float, int]:
 
 def dequantize_zeropoint_int8(q: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
     """Undo ``quantize_zeropoint_int8`` through a torch quantized tensor."""
+    _check_zeropoint(scale, zero_point)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*quantized tensor creation.*")
         qt = torch._make_per_tensor_quantized_tensor(q, scale, zero_point)
@@ -220,6 +223,7 @@ def int8_linear(x: torch.Tensor, weight: torch.Tensor, threshold: float = 6.0) -
     Returns:
         float32 (..., O).
     """
+    _check_int8_linear(x, weight)  # bitsandbytes would quantize a NaN weight silently
     rows = x.float().reshape(-1, x.shape[-1])  # (T, C)
     qx, sx, cols = int8_vectorwise_quantize(rows, threshold)
     qw, sw, _ = bnbf.int8_vectorwise_quant(weight.float().contiguous())  # (O, C), (O,)

@@ -178,7 +178,15 @@ def dequantize_zeropoint_int8(q: torch.Tensor, scale: float, zero_point: int) ->
     Returns:
         float32 tensor with q's shape.
     """
+    _check_zeropoint(scale, zero_point)
     return (q.float() - zero_point) * torch.tensor(scale, dtype=torch.float32)
+
+
+def _check_zeropoint(scale: float, zero_point: int) -> None:
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a positive finite number, got {scale}")
+    if not (isinstance(zero_point, int) and 0 <= zero_point <= 255):
+        raise ValueError(f"zero_point must be an integer in 0..255, got {zero_point!r}")
 
 
 # ---------------------------------------------------------------- code books
@@ -475,6 +483,16 @@ def int8_vectorwise_quantize(
     return q.reshape(x.shape), absmax, outlier_cols
 
 
+def _check_int8_linear(x: torch.Tensor, weight: torch.Tensor) -> None:
+    _check_float(x, "x")
+    _check_float(weight, "weight")
+    if weight.dim() != 2 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"x (..., C) and weight (O, C) must share C: got x {tuple(x.shape)} and weight "
+            f"{tuple(weight.shape)}"
+        )
+
+
 def int8_linear(x: torch.Tensor, weight: torch.Tensor, threshold: float = 6.0) -> torch.Tensor:
     """``x @ weight.T`` the LLM.int8() way: int8 x int8 for most columns, floats for outliers.
 
@@ -485,6 +503,7 @@ def int8_linear(x: torch.Tensor, weight: torch.Tensor, threshold: float = 6.0) -
     Returns:
         float32 (..., O).
     """
+    _check_int8_linear(x, weight)
     rows = x.float().reshape(-1, x.shape[-1])  # (T, C)
     qx, sx, cols = int8_vectorwise_quantize(rows, threshold)
     qw, sw, _ = int8_vectorwise_quantize(weight)  # (O, C), (O,)
