@@ -55,6 +55,7 @@ def build_model(job: Job, seed: int, device: str | torch.device = "cpu") -> nn.M
     from helpers.lora import naive as lora_naive
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # a forked kernel cannot draw it (no frozen bars)
     model = AutoModelForCausalLM.from_pretrained(
         job.model_dir, dtype=getattr(torch, job.compute_dtype)
     ).to(device)

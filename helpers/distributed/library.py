@@ -24,6 +24,7 @@ Public API:
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -46,6 +47,8 @@ def make_accelerator(timeout_s: float = 120.0):
     from accelerate.utils import InitProcessGroupKwargs
 
     handlers = [InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s))]
+    if not torch.cuda.is_available():  # one thread per process, said before accelerate warns
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
     # Without a GPU, accelerate forms a multi-process (gloo) group only when told cpu=True.
     return Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=handlers)
 
