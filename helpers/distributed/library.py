@@ -38,7 +38,7 @@ from helpers.distributed.job import Job, build_model, state_bytes, to_device, tr
 from helpers.distributed.naive import NORMALISATIONS, broadcast_parameters, shard
 
 __all__ = ["broadcast_parameters", "shard", "ddp_gradients", "train", "worker"]
-__all__ += ["notebook_worker", "fsdp_worker", "make_accelerator"]
+__all__ += ["notebook_worker", "fsdp_worker", "make_accelerator", "zero1_optimizer_bytes"]
 
 
 def make_accelerator(timeout_s: float = 120.0):
@@ -103,6 +103,18 @@ def train(model: nn.Module, windows: Sequence[Sequence[dict]], *, optimizer) -> 
     return losses
 
 
+def zero1_optimizer_bytes(model: nn.Module, lr: float) -> int:
+    """ZeRO-1 with torch's ``ZeroRedundancyOptimizer``: each rank keeps AdamW state for its
+    share of the trainable tensors (whole tensors, balanced by size). Takes one step with the
+    gradients the model holds; returns the optimizer-state bytes this rank holds."""
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    zero = ZeroRedundancyOptimizer(params, optimizer_class=torch.optim.AdamW, lr=lr)
+    zero.step()
+    return state_bytes(model, zero.optim)["optimizer"]
+
+
 def _run(job: Job) -> dict:
     """The accelerate twin of ``naive.worker`` (the Accelerator must not exist yet)."""
     accelerator = make_accelerator(job.timeout_s)
@@ -128,6 +140,7 @@ def _run(job: Job) -> dict:
     result["losses"] = train(model, windows, optimizer=optimizer)
     result["params"] = trainable_state(model.module)
     result["bytes"] = state_bytes(model.module, optimizer.optimizer)
+    result["zero1_optimizer_bytes"] = zero1_optimizer_bytes(model.module, job.lr)
     del model, optimizer  # DDP's reducer must go while the process group still exists
     dist.barrier()
     return result
