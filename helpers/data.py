@@ -186,7 +186,9 @@ def _check_path(path: str | Path) -> Path:
     if path.is_dir():
         raise IsADirectoryError(f"{path}: is a folder, not a JSONL file: name a file in it")
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file (expected a prompt/completion JSONL)")
+        raise FileNotFoundError(
+            f"{path}: no such file (expected a JSONL of prompt/completion or messages records)"
+        )
     return path
 
 

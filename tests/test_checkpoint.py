@@ -207,3 +207,17 @@ def test_run_storage_for_each_profile():
         assert integrity.run_storage(profile, 10, 4, keep_last=None)["kept"] == 3
     with pytest.raises(ValueError, match="no local config.json"):
         integrity.model_shape("someone/unknown-model")
+
+
+def test_same_shapes_other_weights_refused_moved_folder_accepted(
+    reference, model_dir, tok, tmp_path
+):
+    folder = stopped_copy(reference, tmp_path)
+    twin_dir = make_model_dir(tmp_path / "other" / model_dir.name, len(tok), seed=7)
+    with pytest.raises(RunMismatchError, match="  model_config: checkpoint"):
+        train(build(twin_dir), tok, data(), folder)
+    moved = tmp_path / "moved" / model_dir.name
+    shutil.copytree(model_dir, moved)
+    model = build(moved, seed=3)
+    losses, _ = train(model, tok, data(), folder)
+    assert_same_as_reference(reference, losses, model)

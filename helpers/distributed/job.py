@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-__all__ = ["Job", "build_model", "state_bytes", "rel_diff", "trainable_state"]
+__all__ = ["Job", "build_model", "state_bytes", "rel_diff", "trainable_state", "to_device"]
 
 
 @dataclass
@@ -55,6 +55,7 @@ def build_model(job: Job, seed: int, device: str | torch.device = "cpu") -> nn.M
     from helpers.lora import naive as lora_naive
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # a forked kernel cannot draw it (no frozen bars)
     model = AutoModelForCausalLM.from_pretrained(
         job.model_dir, dtype=getattr(torch, job.compute_dtype)
     ).to(device)
@@ -64,6 +65,11 @@ def build_model(job: Job, seed: int, device: str | torch.device = "cpu") -> nn.M
         if p.requires_grad:
             p.data = p.data.float()
     return model.train()
+
+
+def to_device(batches: list[dict[str, torch.Tensor]], device) -> list[dict[str, torch.Tensor]]:
+    """The batches' tensors on ``device`` (NCCL ranks compute on their GPU)."""
+    return [{name: t.to(device) for name, t in b.items()} for b in batches]
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -108,8 +114,8 @@ def rel_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     """||a - b|| / ||b|| over all tensors together (both dicts have the same keys)."""
     if a.keys() != b.keys():
         raise ValueError(f"rel_diff: different tensors: {sorted(a.keys() ^ b.keys())[:4]}")
-    num = sum((a[k].float() - b[k].float()).pow(2).sum() for k in b)
-    den = sum(b[k].float().pow(2).sum() for k in b)
+    num = sum((a[k].float().cpu() - b[k].float().cpu()).pow(2).sum() for k in b)
+    den = sum(b[k].float().cpu().pow(2).sum() for k in b)
     return float((num / den).sqrt())
 
 

@@ -24,6 +24,7 @@ Public API:
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -33,11 +34,11 @@ import torch.distributed as dist
 from torch import nn
 
 from helpers.accumulation.naive import count_targets, token_loss_sum
-from helpers.distributed.job import Job, build_model, state_bytes, trainable_state
+from helpers.distributed.job import Job, build_model, state_bytes, to_device, trainable_state
 from helpers.distributed.naive import NORMALISATIONS, broadcast_parameters, shard
 
 __all__ = ["broadcast_parameters", "shard", "ddp_gradients", "train", "worker"]
-__all__ += ["notebook_worker", "fsdp_worker", "make_accelerator"]
+__all__ += ["notebook_worker", "fsdp_worker", "make_accelerator", "zero1_optimizer_bytes"]
 
 
 def make_accelerator(timeout_s: float = 120.0):
@@ -46,6 +47,8 @@ def make_accelerator(timeout_s: float = 120.0):
     from accelerate.utils import InitProcessGroupKwargs
 
     handlers = [InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s))]
+    if not torch.cuda.is_available():  # one thread per process, said before accelerate warns
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
     # Without a GPU, accelerate forms a multi-process (gloo) group only when told cpu=True.
     return Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=handlers)
 
@@ -56,17 +59,18 @@ def _backward_window(model, micro_batches, normalise: str) -> torch.Tensor:
 
     if normalise not in NORMALISATIONS:
         raise ValueError(f"normalise must be one of {NORMALISATIONS}, got {normalise!r}")
-    n_local = torch.tensor(count_targets(micro_batches))
+    device = micro_batches[0]["input_ids"].device  # NCCL reduces GPU tensors only
+    n_local = torch.tensor(count_targets(micro_batches), device=device)
     # DDP averages gradients (divides by N ranks): scale by the world size to get a sum
     world = dist.get_world_size()
     scale = world / reduce(n_local, "sum") if normalise == "global" else 1 / n_local
-    total = torch.zeros(())
+    total = torch.zeros((), device=device)
     for i, batch in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
         with contextlib.nullcontext() if last else model.no_sync():
             loss_sum = token_loss_sum(model, batch)
             (loss_sum * scale).backward()
-        total += loss_sum.detach().cpu()
+        total += loss_sum.detach()
     return total
 
 
@@ -94,9 +98,21 @@ def train(model: nn.Module, windows: Sequence[Sequence[dict]], *, optimizer) -> 
         optimizer.zero_grad(set_to_none=True)
         loss_sum = _backward_window(model, window, "global")
         optimizer.step()
-        n = reduce(torch.tensor(count_targets(window)), "sum")
+        n = reduce(torch.tensor(count_targets(window), device=loss_sum.device), "sum")
         losses.append(float(reduce(loss_sum, "sum")) / float(n))
     return losses
+
+
+def zero1_optimizer_bytes(model: nn.Module, lr: float) -> int:
+    """ZeRO-1 with torch's ``ZeroRedundancyOptimizer``: each rank keeps AdamW state for its
+    share of the trainable tensors (whole tensors, balanced by size). Takes one step with the
+    gradients the model holds; returns the optimizer-state bytes this rank holds."""
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    zero = ZeroRedundancyOptimizer(params, optimizer_class=torch.optim.AdamW, lr=lr)
+    zero.step()
+    return state_bytes(model, zero.optim)["optimizer"]
 
 
 def _run(job: Job) -> dict:
@@ -109,7 +125,7 @@ def _run(job: Job) -> dict:
     optimizer = torch.optim.AdamW(params, lr=job.lr)
     model, optimizer = accelerator.prepare(model, optimizer)  # DDP broadcasts rank 0's weights
     start = trainable_state(model.module)
-    local = shard(job.grad_window, rank, world)
+    local = to_device(shard(job.grad_window, rank, world), accelerator.device)
     result = {
         "rank": rank,
         "world_size": world,
@@ -120,10 +136,11 @@ def _run(job: Job) -> dict:
         "grads_local": ddp_gradients(model, local, normalise="local"),
         "start": start,
     }
-    windows = [shard(w, rank, world) for w in job.train_windows]
+    windows = [to_device(shard(w, rank, world), accelerator.device) for w in job.train_windows]
     result["losses"] = train(model, windows, optimizer=optimizer)
     result["params"] = trainable_state(model.module)
     result["bytes"] = state_bytes(model.module, optimizer.optimizer)
+    result["zero1_optimizer_bytes"] = zero1_optimizer_bytes(model.module, job.lr)
     del model, optimizer  # DDP's reducer must go while the process group still exists
     dist.barrier()
     return result
@@ -164,8 +181,8 @@ def fsdp_worker(rank: int, world_size: int, job: Job) -> dict:
         fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=job.lr)
-    local = shard(job.grad_window, rank, world_size)
-    n_global = torch.tensor(count_targets(local))
+    local = to_device(shard(job.grad_window, rank, world_size), device)
+    n_global = torch.tensor(count_targets(local), device=device)
     dist.all_reduce(n_global)
     for batch in local:  # FSDP2 averages gradients over ranks, as DDP does
         (token_loss_sum(model, batch) * world_size / n_global).backward()

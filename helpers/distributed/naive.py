@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch import nn
 
 from helpers.accumulation.naive import count_targets, token_loss_sum
-from helpers.distributed.job import Job, build_model, state_bytes, trainable_state
+from helpers.distributed.job import Job, build_model, state_bytes, to_device, trainable_state
 
 NORMALISATIONS = ("global", "local")
 
@@ -51,7 +51,8 @@ def shard(items: Sequence, rank: int, world_size: int) -> list:
 
 def global_count(micro_batches: Sequence[dict[str, torch.Tensor]]) -> int:
     """Target tokens in the global window: this rank's count, summed over ranks."""
-    n = torch.tensor(count_targets(micro_batches), dtype=torch.int64)
+    device = micro_batches[0]["input_ids"].device  # NCCL reduces GPU tensors only
+    n = torch.tensor(count_targets(micro_batches), dtype=torch.int64, device=device)
     dist.all_reduce(n, op=dist.ReduceOp.SUM)
     return int(n)
 
@@ -62,11 +63,11 @@ def _backward_window(model, micro_batches, normalise: str) -> torch.Tensor:
         raise ValueError(f"normalise must be one of {NORMALISATIONS}, got {normalise!r}")
     # global: N over all ranks (correct); local: this rank's own count (the bug)
     n = global_count(micro_batches) if normalise == "global" else count_targets(micro_batches)
-    total = torch.zeros(())
+    total = torch.zeros((), device=micro_batches[0]["input_ids"].device)
     for batch in micro_batches:
         loss_sum = token_loss_sum(model, batch)
         (loss_sum / n).backward()  # gradients add up in p.grad
-        total += loss_sum.detach().cpu()
+        total += loss_sum.detach()
     return total
 
 
@@ -121,11 +122,12 @@ def train(
 
 def worker(rank: int, world_size: int, job: Job) -> dict:
     """The chapter's naive run on one rank: broadcast, gradients both ways, K steps, bytes."""
-    model = build_model(job, seed=job.seed + rank)  # different adapters on each rank...
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"  # launch set this rank's GPU
+    model = build_model(job, seed=job.seed + rank, device=device)  # different adapters...
     before = trainable_state(model)
     broadcast_parameters(model)  # ...until rank 0's are broadcast
     start = trainable_state(model)
-    local = shard(job.grad_window, rank, world_size)
+    local = to_device(shard(job.grad_window, rank, world_size), device)
     result = {
         "rank": rank,
         "world_size": dist.get_world_size(),
@@ -137,7 +139,7 @@ def worker(rank: int, world_size: int, job: Job) -> dict:
     }
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=job.lr)
-    windows = [shard(w, rank, world_size) for w in job.train_windows]
+    windows = [to_device(shard(w, rank, world_size), device) for w in job.train_windows]
     result["losses"] = train(model, windows, optimizer=optimizer)
     result["params"] = trainable_state(model)
     result["bytes"] = state_bytes(model, optimizer)  # after a step: every state exists

@@ -133,15 +133,33 @@ def _short_hash(value) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
+def _weights_sample(folder: Path, chunk: int = 1 << 20) -> list:
+    """Name, size and a hash of the first and last MiB of each weight file: cheap even for
+    gigabytes, and enough to tell two models of the same shapes apart."""
+    sample = []
+    for path in sorted(folder.glob("*.safetensors")):
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(chunk)
+            f.seek(max(0, size - chunk))
+            tail = f.read(chunk)
+        sample.append([path.name, size, hashlib.sha256(head + tail).hexdigest()[:16]])
+    return sample
+
+
 def _model_identity(model: nn.Module) -> dict:
-    """The model id and a hash of its config and weight file names."""
+    """The model id (a local folder by its name, so a moved folder still matches) and a hash of
+    its config and weight files."""
     config = getattr(model, "config", None)
     model_id = str(getattr(config, "_name_or_path", "") or type(model).__name__)
     settings = config.to_dict() if config is not None else {}
     for volatile in ("_name_or_path", "transformers_version", "use_cache", "_commit_hash"):
         settings.pop(volatile, None)
     folder = Path(model_id).expanduser()
-    weights = sorted(p.name for p in folder.glob("*.safetensors")) if folder.is_dir() else []
+    if folder.is_dir():
+        model_id, weights = f"{folder.name} (a local folder)", _weights_sample(folder)
+    else:
+        weights = []
     return {"model": model_id, "model_config": _short_hash([settings, weights])}
 
 
@@ -151,7 +169,8 @@ def _data_identity(dataset) -> dict:
     info = getattr(dataset, "info", None)
     source = getattr(info, "description", "") or ""
     return {
-        "data_file": source.removeprefix("file: ") if source.startswith("file: ") else None,
+        # the name only: the same data in a moved folder is the same data (the hash decides)
+        "data_file": Path(source[6:]).name if source.startswith("file: ") else None,
         "data": f"{len(records)} records, sha256 {_short_hash(records)}",
     }
 

@@ -1,0 +1,143 @@
+"""Data parallelism on 2 CPU processes (gloo): the naive DDP, accelerate's DDP and FSDP2 give
+the single-process full-batch gradient; the planner's bytes per rank match FSDP2's; launches
+always end, with a clear error, when a rank fails or hangs."""
+
+import time
+
+import pytest
+import torch
+from transformers import AutoConfig
+
+from helpers.accumulation import naive as acc_naive
+from helpers.distributed import library, naive, plan
+from helpers.distributed.job import build_model, join_batches, rel_diff, task_job, trainable_state
+from helpers.distributed.launch import launch
+from helpers.memory import ModelShape, RunSpec
+from helpers.profiles import resolve_profile
+
+WORLD = 2
+STEPS = 2
+
+
+@pytest.fixture(scope="module")
+def runs():
+    """One job, run by the three multi-process twins and by a single process."""
+    torch.set_num_threads(1)
+    profile = resolve_profile("tiny", micro_batch_size=4)[0]
+    job = task_job(profile, WORLD, grad_accum_steps=1, steps=STEPS, seed=3)
+    out = {
+        "job": job,
+        "naive": launch(naive.worker, WORLD, (job,), timeout_s=120),
+        "accelerate": launch(library.worker, WORLD, (job,), timeout_s=120, init_group=False),
+        "fsdp": launch(library.fsdp_worker, WORLD, (job,), timeout_s=120),
+    }
+    model = build_model(job, seed=job.seed)
+    out["reference"] = acc_naive.full_batch_gradients(model, join_batches(job.grad_window, 0))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=job.lr)
+    acc_naive.train(model, job.train_windows, lr=job.lr, optimizer=optimizer)
+    out["single"] = trainable_state(model)
+    return out
+
+
+@pytest.mark.parametrize("twin", ["naive", "accelerate"])
+def test_ddp_gradient_equals_the_full_batch(runs, twin):
+    results = runs[twin]
+    assert [r["world_size"] for r in results] == [WORLD, WORLD]
+    for r in results:
+        assert rel_diff(r["grads_global"], runs["reference"]) < 1e-6
+        # each rank's own mean, averaged: the ranks hold different target counts
+        assert rel_diff(r["grads_local"], runs["reference"]) > 1e-2
+
+
+def test_broadcast_makes_the_ranks_start_equal(runs):
+    for twin in ("naive", "accelerate"):
+        r0, r1 = runs[twin]
+        assert r0["changed_by_broadcast"] == 0.0 and r1["changed_by_broadcast"] > 0.0
+        assert all(torch.equal(r0["start"][k], r1["start"][k]) for k in r0["start"])
+
+
+def test_naive_equals_accelerate(runs):
+    naive_grads = runs["naive"][0]["grads_global"]
+    assert rel_diff(runs["accelerate"][0]["grads_global"], naive_grads) < 1e-6
+
+
+@pytest.mark.parametrize("twin", ["naive", "accelerate"])
+def test_after_steps_ranks_identical_and_equal_to_one_process(runs, twin):
+    r0, r1 = runs[twin]
+    assert all(torch.equal(r0["params"][k], r1["params"][k]) for k in r0["params"])
+    # AdamW divides by each gradient's RMS, so 1e-7 rounding differences grow: 1e-4 stated
+    assert rel_diff(r0["params"], runs["single"]) < 1e-4
+
+
+def test_fsdp_gradient_and_bytes_per_rank(runs):
+    job, fsdp = runs["job"], runs["fsdp"]
+    assert rel_diff(fsdp[0]["grads"], runs["reference"]) < 1e-6
+    shape = ModelShape.from_config(AutoConfig.from_pretrained(job.model_dir))
+    micro = job.grad_window[0]["input_ids"].shape
+    run = RunSpec("lora", micro[0], micro[1], "float32", lora_r=job.lora_r,
+                  target_modules=job.target_modules)  # fmt: skip
+    accel = runs["accelerate"][0]
+    zero1 = {**accel["bytes"], "optimizer": accel["zero1_optimizer_bytes"]}
+    for stage, got_bytes in (("zero3", fsdp[0]["bytes"]), ("none", runs["naive"][0]["bytes"]),
+                             ("zero1", zero1)):  # fmt: skip
+        planned = plan.per_rank_memory(shape, run, WORLD, stage, device="cpu")
+        for name in ("weights", "gradients", "optimizer"):
+            got = got_bytes[name]
+            assert abs(getattr(planned, name) - got) <= 0.10 * got, (stage, name)
+    ddp, sharded = sum(runs["naive"][0]["bytes"].values()), sum(fsdp[0]["bytes"].values())
+    assert abs(sharded / ddp - 1 / WORLD) < 0.02
+
+
+def _fails_on_rank_1(rank, world_size):
+    if rank == 1:
+        raise ValueError("rank 1 broke on purpose")
+    return {"rank": rank}
+
+
+def _hangs_on_rank_1(rank, world_size):
+    if rank == 1:
+        time.sleep(120)
+    return {"rank": rank}
+
+
+def test_a_failing_rank_is_named():
+    with pytest.raises(RuntimeError, match="rank 1 failed"):
+        launch(_fails_on_rank_1, 2, timeout_s=60, init_group=False)
+
+
+def test_a_hanging_launch_is_killed():
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"ranks \[1\]"):
+        launch(_hangs_on_rank_1, 2, timeout_s=3, init_group=False)
+    assert time.monotonic() - start < 30
+
+
+def test_launch_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="world_size"):
+        launch(_fails_on_rank_1, 0)
+    with pytest.raises(ValueError, match="timeout_s"):
+        launch(_fails_on_rank_1, 2, timeout_s=0)
+    with pytest.raises(ValueError, match="rank 2"):
+        naive.shard([1, 2, 3], 2, 2)
+
+
+@pytest.mark.slow
+def test_accelerate_launch_script_runs_two_ranks(runs, tmp_path):
+    """``accelerate launch --multi_gpu --num_processes 2`` on a CPU: two gloo ranks that
+    compute what the in-process accelerate twin computed (a fresh Python each: slow)."""
+    from pathlib import Path
+
+    from helpers.distributed.launch import accelerate_launch, free_port
+
+    torch.save(runs["job"].to_dict(), tmp_path / "job.pt")
+    script = Path(__file__).parents[1] / "helpers" / "distributed" / "accelerate_script.py"
+    flags = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+             "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]  # fmt: skip
+    args = ["--job", str(tmp_path / "job.pt"), "--out", str(tmp_path)]
+    output = accelerate_launch(str(script), args, flags, timeout_s=300)
+    assert "rank 0 of world size 2" in output and "rank 1 of world size 2" in output
+    results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    expected = runs["accelerate"][0]
+    for r in results:
+        assert rel_diff(r["grads_global"], expected["grads_global"]) < 1e-6
+        assert all(torch.equal(r["params"][k], expected["params"][k]) for k in r["params"])
