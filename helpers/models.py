@@ -137,6 +137,8 @@ def load_model(
     four_bit = profile.load_in_4bit if load_in_4bit is None else load_in_4bit
     if not four_bit:
         check_fits_unquantized(profile)
+    else:
+        from helpers import bnb_cpu  # noqa: F401  (one 4-bit layout on every CPU)
     kwargs: dict = {"dtype": profile.torch_dtype, "trust_remote_code": False}
     if four_bit:
         kwargs["quantization_config"] = quantization_config(profile)

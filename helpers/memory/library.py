@@ -23,6 +23,8 @@ and it sees neither temporaries nor backward's workspace. Only small shapes can 
 
 from __future__ import annotations
 
+from helpers import bnb_cpu  # noqa: F401  (before bitsandbytes: one layout on every CPU)
+
 import contextlib
 import tempfile
 

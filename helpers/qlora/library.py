@@ -9,6 +9,8 @@ References: transformers' bitsandbytes guide
 
 from __future__ import annotations
 
+from helpers import bnb_cpu  # noqa: F401  (before bitsandbytes: one layout on every CPU)
+
 from collections.abc import Sequence
 from pathlib import Path
 

@@ -8,6 +8,8 @@ Dimension names: N values, B block size, nb blocks, T rows of activations, C col
 
 from __future__ import annotations
 
+from helpers import bnb_cpu  # noqa: F401  (before bitsandbytes: one layout on every CPU)
+
 import math
 import warnings
 from collections.abc import Sequence
