@@ -26,6 +26,7 @@ import gc
 import json
 import os
 import sys
+import types
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,7 @@ CAVEAT = "CPU-calibrated estimate, not yet measured on a GPU"
 # load_in_4bit) with this attribute: on the tiny profile it is unquantized, on a 4-bit GPU
 # profile its linear layers would be NF4.
 PROFILE_MARK = "course_follows_profile"
+SKIP_TYPES = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, str, bytes)
 COPY_KINDS = ("linear", "embedding", "linear_4bit", "profile_linear", "profile_embedding")
 
 
@@ -92,17 +94,43 @@ def tiny_shape() -> ModelShape:
     return ModelShape.from_config(LlamaConfig(**config), "tiny-llama")
 
 
-def _live_tensors_and_profile_storages() -> tuple[list[torch.Tensor], set[int]]:
-    """Every tensor the garbage collector tracks, and the storages of the parameters of models
-    marked ``course_follows_profile`` (loaded in the profile's own precision)."""
-    tensors, marked = [], set()
-    with warnings.catch_warnings():  # isinstance on some lazy module attributes warns
-        warnings.simplefilter("ignore")
-        for o in gc.get_objects():
-            if isinstance(o, torch.Tensor):
-                tensors.append(o)
-            elif isinstance(o, torch.nn.Module) and getattr(o, PROFILE_MARK, False):
-                marked |= {p.untyped_storage().data_ptr() for p in o.parameters()}
+def reachable_tensors(roots, max_depth: int = 6) -> tuple[list[torch.Tensor], set[int]]:
+    """The tensors reachable from ``roots`` (a notebook's variables), and the storages of the
+    parameters of models marked ``course_follows_profile`` (loaded in the profile's precision).
+
+    Walks tensors, modules (parameters and buffers), optimizers (their state), dicts, lists,
+    tuples, sets and the attributes of plain objects, up to ``max_depth`` levels deep. What a
+    chapter keeps alive lives in its variables; walking them costs milliseconds where scanning
+    every object the garbage collector tracks takes a second per cell.
+    """
+    tensors, marked, seen = [], set(), set()
+    stack = [(root, 0) for root in roots]
+    while stack:
+        obj, depth = stack.pop()
+        if id(obj) in seen or depth > max_depth or isinstance(obj, SKIP_TYPES):
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            tensors.append(obj)
+            obj = getattr(obj, "quant_state", None)  # bitsandbytes' absmax and code book
+            if obj is None:
+                continue
+        if isinstance(obj, torch.nn.Module):
+            params = [*obj.parameters(), *obj.buffers()]
+            tensors += params
+            stack += [(getattr(p, "quant_state", None), depth + 1) for p in params]
+            if getattr(obj, PROFILE_MARK, False):
+                marked |= {p.untyped_storage().data_ptr() for p in params}
+            children = [v for v in vars(obj).values() if not isinstance(v, dict)]
+        elif isinstance(obj, torch.optim.Optimizer):
+            children = list(obj.state.values())
+        elif isinstance(obj, dict):
+            children = list(obj.values())
+        elif isinstance(obj, list | tuple | set | frozenset):
+            children = list(obj)
+        else:
+            children = list(getattr(obj, "__dict__", {}).values())
+        stack += [(child, depth + 1) for child in children]
     return tensors, marked
 
 
@@ -111,7 +139,8 @@ def resident_copies(layout: BaseLayout, tensors=None, marked=frozenset()) -> dic
 
     Args:
         layout: the base model's weight shapes.
-        tensors: the tensors to inspect (default: every tensor the garbage collector tracks).
+        tensors: the tensors to inspect (default: every tensor and module the garbage
+            collector tracks; slow, a second or so).
         marked: storages of a model loaded in the profile's own precision (default: found
             through the ``course_follows_profile`` attribute ``helpers.models`` sets).
     Returns:
@@ -121,7 +150,10 @@ def resident_copies(layout: BaseLayout, tensors=None, marked=frozenset()) -> dic
         (unquantized on the tiny profile, 4-bit linear layers on a 4-bit GPU profile).
     """
     if tensors is None:
-        tensors, marked = _live_tensors_and_profile_storages()
+        with warnings.catch_warnings():  # isinstance on some lazy module attributes warns
+            warnings.simplefilter("ignore")
+            roots = [o for o in gc.get_objects() if isinstance(o, torch.Tensor | torch.nn.Module)]
+        tensors, marked = reachable_tensors(roots, max_depth=1)
     packed = {o * i // 2 for o, i in layout.linear}
     seen: set[int] = set()
     found = dict.fromkeys(COPY_KINDS, 0)
@@ -171,11 +203,12 @@ class Recorder:
         if self.hooks is not None:
             self.hooks.__exit__(None, None, None)
             self.hooks = None
-        gc.collect()
         lines = [ln for ln in (result.info.raw_cell or "").splitlines() if ln.strip()]
         lines = [ln for ln in lines if not ln.lstrip().startswith("#")] or lines or [""]
         cell = {"cell": result.execution_count, "label": lines[0].strip()[:60]}
-        cell |= resident_copies(self.layout)
+        shell = _active[0] if _active else None
+        namespace = list(shell.user_ns.values()) if shell is not None else []
+        cell |= resident_copies(self.layout, *reachable_tensors(namespace))
         cell["graph"] = self.graph
         data = _load(self.path)
         data.setdefault(self.chapter, {"unsupported": {}, "cells": []})["cells"].append(cell)
