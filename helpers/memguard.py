@@ -208,7 +208,12 @@ class Recorder:
         cell = {"cell": result.execution_count, "label": lines[0].strip()[:60]}
         shell = _active[0] if _active else None
         namespace = list(shell.user_ns.values()) if shell is not None else []
-        cell |= resident_copies(self.layout, *reachable_tensors(namespace))
+        try:  # never disturb the chapter's own output: a failure is recorded, and fails check
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                cell |= resident_copies(self.layout, *reachable_tensors(namespace))
+        except Exception as err:  # noqa: BLE001
+            cell["error"] = f"{type(err).__name__}: {err}"
         cell["graph"] = self.graph
         data = _load(self.path)
         data.setdefault(self.chapter, {"unsupported": {}, "cells": []})["cells"].append(cell)
@@ -330,15 +335,18 @@ class Row:
     card_bytes: int  # the card less its CUDA context
     cell: str = ""
     reason: str = ""
+    error: bool = False  # the guard failed to measure a cell: check fails
 
     @property
     def ok(self) -> bool:
+        if self.error:
+            return False
         return self.peak_bytes is None or self.peak_bytes <= self.card_bytes
 
     @property
     def verdict(self) -> str:
         if self.peak_bytes is None:
-            return f"skipped: {self.reason}"
+            return f"{'FAILED' if self.error else 'skipped'}: {self.reason}"
         return "fits" if self.ok else "DOES NOT FIT"
 
 
@@ -361,6 +369,11 @@ def evaluate(data: dict, profiles: dict | None = None) -> list[Row]:
                 skip = skip or f"no shape known for {profile.model_id}"
             if skip or not cells:
                 rows.append(Row(chapter, name, None, card, reason=skip or "no cells recorded"))
+                continue
+            broken = [c for c in cells if "error" in c]
+            if broken:
+                reason = f"not measured: cell {broken[0]['cell']}: {broken[0]['error']}"
+                rows.append(Row(chapter, name, None, card, reason=reason, error=True))
                 continue
             peaks = [(predict(c, profile, shape), c) for c in cells]
             peak, worst = max(peaks, key=lambda pc: pc[0])
@@ -418,11 +431,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check" and bad:
         print(f"\n{len(bad)} chapter/profile pairs would overflow their card:", file=sys.stderr)
         for r in bad:
-            print(
-                f"  {r.chapter} on {r.profile}: cell {r.cell}: predicted "
-                f"{r.peak_bytes / GIB:.2f} GiB > {r.card_bytes / GIB:.2f} GiB",
-                file=sys.stderr,
-            )
+            what = r.reason if r.error else f"cell {r.cell}: predicted {r.peak_bytes / GIB:.2f}"
+            what += "" if r.error else f" GiB > {r.card_bytes / GIB:.2f} GiB"
+            print(f"  {r.chapter} on {r.profile}: {what}", file=sys.stderr)
         return 1
     return 0
 
