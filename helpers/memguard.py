@@ -431,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check" and bad:
         print(f"\n{len(bad)} chapter/profile pairs would overflow their card:", file=sys.stderr)
         for r in bad:
-            what = r.reason if r.error else f"cell {r.cell}: predicted {r.peak_bytes / GIB:.2f}"
+            what = r.reason if r.error else f"cell {r.cell} -> predicted {r.peak_bytes / GIB:.2f}"
             what += "" if r.error else f" GiB > {r.card_bytes / GIB:.2f} GiB"
             print(f"  {r.chapter} on {r.profile}: {what}", file=sys.stderr)
         return 1
