@@ -185,7 +185,7 @@ class Recorder:
 
     def __init__(self, chapter: str, path: Path, unsupported: dict[str, str] | None = None):
         self.chapter, self.path, self.layout = chapter, path, BaseLayout.of(tiny_shape())
-        self.hooks, self.graph = None, False
+        self.hooks, self.graph, self.count = None, False, 0
         data = _load(path)
         data[chapter] = {"unsupported": dict(unsupported or {}), "cells": []}
         _save(path, data)
@@ -205,7 +205,9 @@ class Recorder:
             self.hooks = None
         lines = [ln for ln in (result.info.raw_cell or "").splitlines() if ln.strip()]
         lines = [ln for ln in lines if not ln.lstrip().startswith("#")] or lines or [""]
-        cell = {"cell": result.execution_count, "label": lines[0].strip()[:60]}
+        # nbval does not number the cells it runs: count code cells from set_chapter's (0)
+        cell = {"cell": self.count, "label": lines[0].strip()[:60]}
+        self.count += 1
         shell = _active[0] if _active else None
         namespace = list(shell.user_ns.values()) if shell is not None else []
         try:  # never disturb the chapter's own output: a failure is recorded, and fails check
@@ -377,12 +379,14 @@ def evaluate(data: dict, profiles: dict | None = None) -> list[Row]:
                 continue
             peaks = [(predict(c, profile, shape), c) for c in cells]
             peak, worst = max(peaks, key=lambda pc: pc[0])
-            rows.append(Row(chapter, name, peak, card, f"[{worst['cell']}] {worst['label']}"))
+            where = f"+{worst['cell']} `{worst['label']}`"
+            rows.append(Row(chapter, name, peak, card, where))
     return rows
 
 
 def table(rows: list[Row]) -> str:
-    """chapter x profile: predicted peak, card (less its CUDA context), verdict, worst cell."""
+    """chapter x profile: predicted peak, card (less its CUDA context), verdict, worst cell
+    (``+n``: the n-th code cell after the one that calls ``set_chapter``, and its first line)."""
     lines = [f"Predicted GPU peaks from the tiny run ({CAVEAT}):"]
     lines.append(f"{'chapter':26s} {'profile':9s} {'peak GiB':>8s} {'card GiB':>8s}  verdict")
     for r in rows:

@@ -70,7 +70,7 @@ def test_check_command_exits_1_with_a_table(tmp_path, capsys, monkeypatch):
     memguard._save(tmp_path / "g.json", data)
     assert memguard.main(["check", str(tmp_path / "g.json")]) == 1
     err = capsys.readouterr()
-    assert "02_lora on t4: cell [7] copies" in err.err and "skipped: stops" in err.out
+    assert "02_lora on t4: cell +7 `copies = ...`" in err.err and "skipped: stops" in err.out
     cell |= {"linear": 1.0, "embedding": 1.0}
     memguard._save(tmp_path / "g.json", data)
     assert memguard.main(["check", str(tmp_path / "g.json")]) == 0
