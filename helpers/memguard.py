@@ -26,6 +26,7 @@ import gc
 import json
 import os
 import sys
+import types
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,7 @@ CAVEAT = "CPU-calibrated estimate, not yet measured on a GPU"
 # load_in_4bit) with this attribute: on the tiny profile it is unquantized, on a 4-bit GPU
 # profile its linear layers would be NF4.
 PROFILE_MARK = "course_follows_profile"
+SKIP_TYPES = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, str, bytes)
 COPY_KINDS = ("linear", "embedding", "linear_4bit", "profile_linear", "profile_embedding")
 
 
@@ -92,17 +94,43 @@ def tiny_shape() -> ModelShape:
     return ModelShape.from_config(LlamaConfig(**config), "tiny-llama")
 
 
-def _live_tensors_and_profile_storages() -> tuple[list[torch.Tensor], set[int]]:
-    """Every tensor the garbage collector tracks, and the storages of the parameters of models
-    marked ``course_follows_profile`` (loaded in the profile's own precision)."""
-    tensors, marked = [], set()
-    with warnings.catch_warnings():  # isinstance on some lazy module attributes warns
-        warnings.simplefilter("ignore")
-        for o in gc.get_objects():
-            if isinstance(o, torch.Tensor):
-                tensors.append(o)
-            elif isinstance(o, torch.nn.Module) and getattr(o, PROFILE_MARK, False):
-                marked |= {p.untyped_storage().data_ptr() for p in o.parameters()}
+def reachable_tensors(roots, max_depth: int = 6) -> tuple[list[torch.Tensor], set[int]]:
+    """The tensors reachable from ``roots`` (a notebook's variables), and the storages of the
+    parameters of models marked ``course_follows_profile`` (loaded in the profile's precision).
+
+    Walks tensors, modules (parameters and buffers), optimizers (their state), dicts, lists,
+    tuples, sets and the attributes of plain objects, up to ``max_depth`` levels deep. What a
+    chapter keeps alive lives in its variables; walking them costs milliseconds where scanning
+    every object the garbage collector tracks takes a second per cell.
+    """
+    tensors, marked, seen = [], set(), set()
+    stack = [(root, 0) for root in roots]
+    while stack:
+        obj, depth = stack.pop()
+        if id(obj) in seen or depth > max_depth or isinstance(obj, SKIP_TYPES):
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            tensors.append(obj)
+            obj = getattr(obj, "quant_state", None)  # bitsandbytes' absmax and code book
+            if obj is None:
+                continue
+        if isinstance(obj, torch.nn.Module):
+            params = [*obj.parameters(), *obj.buffers()]
+            tensors += params
+            stack += [(getattr(p, "quant_state", None), depth + 1) for p in params]
+            if getattr(obj, PROFILE_MARK, False):
+                marked |= {p.untyped_storage().data_ptr() for p in params}
+            children = [v for v in vars(obj).values() if not isinstance(v, dict)]
+        elif isinstance(obj, torch.optim.Optimizer):
+            children = list(obj.state.values())
+        elif isinstance(obj, dict):
+            children = list(obj.values())
+        elif isinstance(obj, list | tuple | set | frozenset):
+            children = list(obj)
+        else:
+            children = list(getattr(obj, "__dict__", {}).values())
+        stack += [(child, depth + 1) for child in children]
     return tensors, marked
 
 
@@ -111,7 +139,8 @@ def resident_copies(layout: BaseLayout, tensors=None, marked=frozenset()) -> dic
 
     Args:
         layout: the base model's weight shapes.
-        tensors: the tensors to inspect (default: every tensor the garbage collector tracks).
+        tensors: the tensors to inspect (default: every tensor and module the garbage
+            collector tracks; slow, a second or so).
         marked: storages of a model loaded in the profile's own precision (default: found
             through the ``course_follows_profile`` attribute ``helpers.models`` sets).
     Returns:
@@ -121,7 +150,10 @@ def resident_copies(layout: BaseLayout, tensors=None, marked=frozenset()) -> dic
         (unquantized on the tiny profile, 4-bit linear layers on a 4-bit GPU profile).
     """
     if tensors is None:
-        tensors, marked = _live_tensors_and_profile_storages()
+        with warnings.catch_warnings():  # isinstance on some lazy module attributes warns
+            warnings.simplefilter("ignore")
+            roots = [o for o in gc.get_objects() if isinstance(o, torch.Tensor | torch.nn.Module)]
+        tensors, marked = reachable_tensors(roots, max_depth=1)
     packed = {o * i // 2 for o, i in layout.linear}
     seen: set[int] = set()
     found = dict.fromkeys(COPY_KINDS, 0)
@@ -153,7 +185,7 @@ class Recorder:
 
     def __init__(self, chapter: str, path: Path, unsupported: dict[str, str] | None = None):
         self.chapter, self.path, self.layout = chapter, path, BaseLayout.of(tiny_shape())
-        self.hooks, self.graph = None, False
+        self.hooks, self.graph, self.count = None, False, 0
         data = _load(path)
         data[chapter] = {"unsupported": dict(unsupported or {}), "cells": []}
         _save(path, data)
@@ -171,11 +203,19 @@ class Recorder:
         if self.hooks is not None:
             self.hooks.__exit__(None, None, None)
             self.hooks = None
-        gc.collect()
         lines = [ln for ln in (result.info.raw_cell or "").splitlines() if ln.strip()]
         lines = [ln for ln in lines if not ln.lstrip().startswith("#")] or lines or [""]
-        cell = {"cell": result.execution_count, "label": lines[0].strip()[:60]}
-        cell |= resident_copies(self.layout)
+        # nbval does not number the cells it runs: count code cells from set_chapter's (0)
+        cell = {"cell": self.count, "label": lines[0].strip()[:60]}
+        self.count += 1
+        shell = _active[0] if _active else None
+        namespace = list(shell.user_ns.values()) if shell is not None else []
+        try:  # never disturb the chapter's own output: a failure is recorded, and fails check
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                cell |= resident_copies(self.layout, *reachable_tensors(namespace))
+        except Exception as err:  # noqa: BLE001
+            cell["error"] = f"{type(err).__name__}: {err}"
         cell["graph"] = self.graph
         data = _load(self.path)
         data.setdefault(self.chapter, {"unsupported": {}, "cells": []})["cells"].append(cell)
@@ -297,15 +337,18 @@ class Row:
     card_bytes: int  # the card less its CUDA context
     cell: str = ""
     reason: str = ""
+    error: bool = False  # the guard failed to measure a cell: check fails
 
     @property
     def ok(self) -> bool:
+        if self.error:
+            return False
         return self.peak_bytes is None or self.peak_bytes <= self.card_bytes
 
     @property
     def verdict(self) -> str:
         if self.peak_bytes is None:
-            return f"skipped: {self.reason}"
+            return f"{'FAILED' if self.error else 'skipped'}: {self.reason}"
         return "fits" if self.ok else "DOES NOT FIT"
 
 
@@ -329,14 +372,21 @@ def evaluate(data: dict, profiles: dict | None = None) -> list[Row]:
             if skip or not cells:
                 rows.append(Row(chapter, name, None, card, reason=skip or "no cells recorded"))
                 continue
+            broken = [c for c in cells if "error" in c]
+            if broken:
+                reason = f"not measured: cell {broken[0]['cell']}: {broken[0]['error']}"
+                rows.append(Row(chapter, name, None, card, reason=reason, error=True))
+                continue
             peaks = [(predict(c, profile, shape), c) for c in cells]
             peak, worst = max(peaks, key=lambda pc: pc[0])
-            rows.append(Row(chapter, name, peak, card, f"[{worst['cell']}] {worst['label']}"))
+            where = f"+{worst['cell']} `{worst['label']}`"
+            rows.append(Row(chapter, name, peak, card, where))
     return rows
 
 
 def table(rows: list[Row]) -> str:
-    """chapter x profile: predicted peak, card (less its CUDA context), verdict, worst cell."""
+    """chapter x profile: predicted peak, card (less its CUDA context), verdict, worst cell
+    (``+n``: the n-th code cell after the one that calls ``set_chapter``, and its first line)."""
     lines = [f"Predicted GPU peaks from the tiny run ({CAVEAT}):"]
     lines.append(f"{'chapter':26s} {'profile':9s} {'peak GiB':>8s} {'card GiB':>8s}  verdict")
     for r in rows:
@@ -385,11 +435,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check" and bad:
         print(f"\n{len(bad)} chapter/profile pairs would overflow their card:", file=sys.stderr)
         for r in bad:
-            print(
-                f"  {r.chapter} on {r.profile}: cell {r.cell}: predicted "
-                f"{r.peak_bytes / GIB:.2f} GiB > {r.card_bytes / GIB:.2f} GiB",
-                file=sys.stderr,
-            )
+            what = r.reason if r.error else f"cell {r.cell} -> predicted {r.peak_bytes / GIB:.2f}"
+            what += "" if r.error else f" GiB > {r.card_bytes / GIB:.2f} GiB"
+            print(f"  {r.chapter} on {r.profile}: {what}", file=sys.stderr)
         return 1
     return 0
 

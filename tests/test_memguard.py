@@ -70,7 +70,7 @@ def test_check_command_exits_1_with_a_table(tmp_path, capsys, monkeypatch):
     memguard._save(tmp_path / "g.json", data)
     assert memguard.main(["check", str(tmp_path / "g.json")]) == 1
     err = capsys.readouterr()
-    assert "02_lora on t4: cell [7] copies" in err.err and "skipped: stops" in err.out
+    assert "02_lora on t4: cell +7 `copies = ...`" in err.err and "skipped: stops" in err.out
     cell |= {"linear": 1.0, "embedding": 1.0}
     memguard._save(tmp_path / "g.json", data)
     assert memguard.main(["check", str(tmp_path / "g.json")]) == 0
@@ -129,3 +129,10 @@ def test_relative_guard_file_is_taken_from_the_course_root(monkeypatch):
     assert memguard.measurement_path() == REPO_ROOT / "build" / "test-memguard.json"
     monkeypatch.delenv(memguard.ENV)
     assert memguard.measurement_path() is None and not memguard.start("00_setup")
+
+
+def test_a_cell_the_guard_could_not_measure_fails_check(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_RESULTS", str(tmp_path / "results.json"))
+    cell = {"cell": 3, "label": "x = odd()", "error": "RuntimeError: boom", "graph": False}
+    memguard._save(tmp_path / "g.json", {"00_setup": {"unsupported": {}, "cells": [cell]}})
+    assert memguard.main(["check", str(tmp_path / "g.json")]) == 1

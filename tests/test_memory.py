@@ -180,10 +180,10 @@ def test_library_fits_measures():
     [
         ({"lora_r": -4}, ValueError, "lora_r"),
         ({"lora_r": 0}, ValueError, "lora_r"),
-        ({"micro_batch_size": 1.5}, TypeError, "micro_batch_size"),
+        ({"micro_batch_size": 1.5}, ValueError, "micro_batch_size"),
         ({"micro_batch_size": 0}, ValueError, "micro_batch_size"),
         ({"seq_len": 1}, ValueError, "seq_len"),
-        ({"seq_len": "512"}, TypeError, "seq_len"),
+        ({"seq_len": "512"}, ValueError, "seq_len"),
         ({"target_modules": "q_proj"}, ValueError, "target_modules"),
         ({"compute_dtype": "float64"}, ValueError, "compute_dtype"),
     ],

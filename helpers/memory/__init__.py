@@ -27,9 +27,9 @@ PAGED = {"paged_adamw": "adamw", "paged_adamw8bit": "adamw8bit"}  # paged: same 
 
 
 def _check_int(owner: str, name: str, value, low: int) -> None:
-    """Raise a ValueError/TypeError naming ``owner.name`` unless value is an int >= low."""
+    """Raise a ValueError naming ``owner.name`` unless value is an int >= low."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{owner}.{name} must be an int, got {value!r} ({type(value).__name__})")
+        raise ValueError(f"{owner}.{name} must be an int, got {value!r} ({type(value).__name__})")
     if value < low:
         raise ValueError(f"{owner}.{name} must be >= {low}, got {value}")
 
