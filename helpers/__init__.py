@@ -46,3 +46,10 @@ def set_cpu_threads(environ: dict[str, str] | None = None) -> int | None:
 
 
 set_cpu_threads()
+
+import logging as _logging
+
+# On CPUs with AVX512-BF16, importing bitsandbytes tries to fetch an optional kernel from a hub
+# and logs a warning when it cannot (always, offline); the course never uses that kernel (see
+# helpers.bnb_cpu). Silenced here, before any chapter imports bitsandbytes.
+_logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)

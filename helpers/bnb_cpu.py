@@ -9,17 +9,13 @@ outputs differ from the same layer on any other machine. The course keeps the la
 bitsandbytes documents and uses on GPUs: every layer created after this module is imported
 reports the fast path as unavailable. It only changes speed on those CPUs, never results.
 
-bitsandbytes also tries, at import on such CPUs, to fetch an optional kernel from a hub
-(``kernels`` package); offline that only logs a warning, which is silenced here.
+(bitsandbytes' import-time warning about an optional hub kernel on such CPUs is silenced in
+``helpers/__init__.py``, which runs before any chapter imports bitsandbytes.)
 """
 
 from __future__ import annotations
 
-import logging
-
-logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-
-import bitsandbytes.nn.modules as _bnb_modules  # noqa: E402
+import bitsandbytes.nn.modules as _bnb_modules
 
 
 def _portable_layout_only() -> bool:

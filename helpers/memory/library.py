@@ -23,14 +23,13 @@ and it sees neither temporaries nor backward's workspace. Only small shapes can 
 
 from __future__ import annotations
 
-from helpers import bnb_cpu  # noqa: F401  (before bitsandbytes: one layout on every CPU)
-
 import contextlib
 import tempfile
 
 import torch
 from torch import nn
 
+from helpers import bnb_cpu  # noqa: F401  (before bitsandbytes: one layout on every CPU)
 from helpers.memory import GIB, MemoryBreakdown, ModelShape, RunSpec, Verdict
 
 __all__ = ["training_memory", "fits", "set_checkpointing", "build_model"]

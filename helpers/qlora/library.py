@@ -9,8 +9,6 @@ References: transformers' bitsandbytes guide
 
 from __future__ import annotations
 
-from helpers import bnb_cpu  # noqa: F401  (before bitsandbytes: one layout on every CPU)
-
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, PreTrainedModel
 
+from helpers import bnb_cpu  # noqa: F401  (before bitsandbytes: one layout on every CPU)
 from helpers.lora import library as lora
 from helpers.quantization.measure import quantizable_linears
 

@@ -8,8 +8,6 @@ Dimension names: N values, B block size, nb blocks, T rows of activations, C col
 
 from __future__ import annotations
 
-from helpers import bnb_cpu  # noqa: F401  (before bitsandbytes: one layout on every CPU)
-
 import math
 import warnings
 from collections.abc import Sequence
@@ -17,6 +15,7 @@ from collections.abc import Sequence
 import bitsandbytes.functional as bnbf
 import torch
 
+from helpers import bnb_cpu  # noqa: F401  (before bitsandbytes: one layout on every CPU)
 from helpers.quantization.naive import (
     _check_blocks_hold_their_absmax,
     _check_blocksize,
