@@ -8,21 +8,29 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-TESTS=${VERSION_TESTS:-tests/test_core.py tests/test_hardware_profiles.py tests/test_doctor.py tests/test_quantization.py tests/test_lora.py tests/test_qlora.py}
+TESTS=${VERSION_TESTS:-tests/test_core.py tests/test_hardware_profiles.py tests/test_doctor.py \
+  tests/test_setup_cell.py tests/test_repo2docker.py tests/test_quantization.py tests/test_lora.py \
+  tests/test_qlora.py}
 CHAPTERS=${VERSION_CHAPTERS:-00_setup 03_qlora}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1
-export HF_HUB_DISABLE_PROGRESS_BARS=1 PYTHONPATH="$PWD" OMP_NUM_THREADS=1
+export HF_HUB_DISABLE_PROGRESS_BARS=1 OMP_NUM_THREADS=1
 export UV_FIND_LINKS=${UV_FIND_LINKS:-${PIP_FIND_LINKS:-}}
 tools=build/venvs/tools
 test -x $tools/bin/uv || { $PYTHON -m venv $tools && $tools/bin/pip install -q uv; }
+# repo2docker writes Binder's Dockerfile without docker: tests/test_repo2docker.py checks it.
+test -x $tools/bin/jupyter-repo2docker ||
+  $tools/bin/uv pip install -q --python $tools/bin/python jupyter-repo2docker
+export REPO2DOCKER=$PWD/$tools/bin/jupyter-repo2docker
 for set in "$@"; do
   start=$(date +%s)
   venv=build/venvs/$set
+  unset PYTHONPATH
   test -x $venv/bin/python || $PYTHON -m venv $venv
   $venv/bin/python -c "import torch" 2>/dev/null || $venv/bin/pip install -q torch==2.13.0
   $tools/bin/uv pip install -q --python $venv/bin/python --index-strategy unsafe-best-match \
     -c ".ci/$set.txt" -r pyproject.toml --extra test
   installed=$(( $(date +%s) - start ))
+  export PYTHONPATH=$PWD  # the course from this checkout (not before pip: it would see it)
   $venv/bin/python -m helpers.doctor --json > build/venvs/$set-doctor.json || true
   $venv/bin/python - <<'PY'
 import importlib.metadata as m

@@ -257,8 +257,8 @@ def _sync_badges(nb, chapter: str) -> bool:
     """Put the badge line right under the first markdown cell's title; True if it changed."""
     cell = next(c for c in nb.cells if c.cell_type == "markdown")
     lines = [line for line in cell.source.split("\n") if "[![Open in Colab]" not in line]
-    if len(lines) > 1 and lines[1] == "":
-        lines.pop(1)  # the blank line that followed the old badge line or the title
+    while len(lines) > 1 and lines[1] == "":
+        lines.pop(1)  # the blank lines around the old badge line
     new = "\n".join([lines[0], "", badges(chapter), "", *lines[1:]])
     changed, cell.source = new != cell.source, new
     return changed

@@ -106,3 +106,23 @@ def test_prepare_refuses_helpers_from_another_folder(tmp_path):
 
     with pytest.raises(SystemExit, match="not from the course"):
         prepare(tmp_path)
+
+
+def test_every_chapter_carries_badges_and_the_p100_parameter_and_sync_is_idempotent(tmp_path):
+    import shutil
+
+    import nbformat
+
+    from helpers.course import chapters
+    from helpers.notebook import P100_FIX_LINE, badges, sync
+
+    for path in chapters():
+        nb = nbformat.read(path, as_version=4)
+        first = next(c for c in nb.cells if c.cell_type == "markdown")
+        assert first.source.split("\n")[2] == badges(path.name), path
+        assert f"blob/{COURSE_REF}/chapters/{path.name}" in badges(path.name)
+        params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        assert P100_FIX_LINE in params.source, path
+        copy = tmp_path / path.name
+        shutil.copy(path, copy)
+        assert sync([copy]) == [], f"{path}: run `python -m helpers.notebook sync`"
