@@ -38,6 +38,7 @@ def _run(cmd, **kwargs):
 
 
 @pytest.mark.slow
+@pytest.mark.install
 def test_binder_style_install_loads_the_tiny_model_and_runs_chapter_00(tmp_path):
     tracked = _run(["git", "ls-files"], cwd=COURSE).split()
     clone = tmp_path / "clone"
