@@ -44,7 +44,6 @@ SETUP_CELL = f'''\
 # checks that `helpers` is the course's. On Colab or Kaggle it fetches the course at COURSE_REF
 # beside the notebook, then installs what the image lacks or has too old (never torch).
 import os
-import shutil
 import subprocess
 import sys
 
@@ -58,6 +57,8 @@ def is_course(root):
 
 
 def fetch_course():
+    import shutil
+
     git = [["init", "-q", COURSE_DIR], ["fetch", "-q", "--depth", "1", COURSE_REPO_URL, COURSE_REF]]
     for args in [*git, ["checkout", "-q", "FETCH_HEAD"]]:
         cmd = ["git", *(args if args[0] == "init" else ["-C", COURSE_DIR, *args])]
