@@ -79,7 +79,9 @@ if root is None:
         fetch_course()
     root = os.path.abspath(COURSE_DIR)
 for name in [m for m in sys.modules if m.split(".")[0] == "helpers"]:
-    del sys.modules[name]  # a `helpers` from elsewhere (a file, a PyPI package) is not ours
+    where = os.path.abspath(getattr(sys.modules[name], "__file__", None) or "")
+    if not where.startswith(root + os.sep):  # a `helpers` from elsewhere is not the course's
+        del sys.modules[name]
 sys.path.insert(0, root)
 from helpers.notebook import prepare  # noqa: E402
 
