@@ -34,7 +34,7 @@ course: $(STAMP)
 test: $(STAMP)
 	rm -rf build/test-notebooks build/test-results.json
 	$(BIN)/python -m helpers.course prepare build/test-notebooks --profile tiny
-	$(TEST_ENV) $(BIN)/python -m pytest -p no:cacheprovider tests build/test-notebooks \
+	$(TEST_ENV) $(BIN)/python -m pytest -p no:cacheprovider -m "not install" tests build/test-notebooks \
 		--nbval-lax --nbval-current-env --nbval-cell-timeout=600 \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg
 	$(TEST_ENV) $(BIN)/python -m helpers.memguard check
@@ -56,7 +56,8 @@ lab: $(STAMP)
 doctor: $(STAMP)
 	$(BIN)/python -m helpers.doctor --profile $(PROFILE)
 
-versions:
+versions: $(STAMP)
+	$(TEST_ENV) $(BIN)/python -m pytest -p no:cacheprovider -q -m install tests
 	.ci/versions.sh lowest latest
 
 clean:

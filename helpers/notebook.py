@@ -44,7 +44,6 @@ SETUP_CELL = f'''\
 # checks that `helpers` is the course's. On Colab or Kaggle it fetches the course at COURSE_REF
 # beside the notebook, then installs what the image lacks or has too old (never torch).
 import os
-import shutil
 import subprocess
 import sys
 
@@ -58,6 +57,8 @@ def is_course(root):
 
 
 def fetch_course():
+    import shutil
+
     git = [["init", "-q", COURSE_DIR], ["fetch", "-q", "--depth", "1", COURSE_REPO_URL, COURSE_REF]]
     for args in [*git, ["checkout", "-q", "FETCH_HEAD"]]:
         cmd = ["git", *(args if args[0] == "init" else ["-C", COURSE_DIR, *args])]
@@ -78,7 +79,9 @@ if root is None:
         fetch_course()
     root = os.path.abspath(COURSE_DIR)
 for name in [m for m in sys.modules if m.split(".")[0] == "helpers"]:
-    del sys.modules[name]  # a `helpers` from elsewhere (a file, a PyPI package) is not ours
+    where = os.path.abspath(getattr(sys.modules[name], "__file__", None) or "")
+    if not where.startswith(root + os.sep):  # a `helpers` from elsewhere is not the course's
+        del sys.modules[name]
 sys.path.insert(0, root)
 from helpers.notebook import prepare  # noqa: E402
 
@@ -257,8 +260,8 @@ def _sync_badges(nb, chapter: str) -> bool:
     """Put the badge line right under the first markdown cell's title; True if it changed."""
     cell = next(c for c in nb.cells if c.cell_type == "markdown")
     lines = [line for line in cell.source.split("\n") if "[![Open in Colab]" not in line]
-    if len(lines) > 1 and lines[1] == "":
-        lines.pop(1)  # the blank line that followed the old badge line or the title
+    while len(lines) > 1 and lines[1] == "":
+        lines.pop(1)  # the blank lines around the old badge line
     new = "\n".join([lines[0], "", badges(chapter), "", *lines[1:]])
     changed, cell.source = new != cell.source, new
     return changed

@@ -1,10 +1,11 @@
 """The course installed as binder/ installs it (plain `pip install .`, not editable) into a
 fresh venv finds its tiny model from any working directory, and chapter 00 runs there.
 
-Slow (about 2 to 4 minutes on a busy 2-core machine, mostly pip): it builds a venv with torch
-2.13.0 from local disk, copies the tracked files of this checkout (as Binder clones them), and
-installs binder/requirements.txt with this environment's versions as constraints, so pip
-reuses its wheel cache instead of resolving anew.
+Slow: it builds a venv with torch 2.13.0 from local disk, copies the tracked files of this
+checkout (as Binder clones them), and installs binder/requirements.txt with this environment's
+versions as constraints. With pip that took 16 minutes on a heavily loaded 2-core machine; uv
+(which `make versions` installs in build/venvs/tools) installs the same requirements, from its
+cache, in a fraction of that, so the test uses uv when it finds it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,15 @@ print(json.dumps({"helpers": p.PACKAGE_DIR.as_posix(), "data": p.DATA_DIR.as_pos
 """
 
 
+def _installer(py: str) -> list[str]:
+    """The install command: uv when available (same requirements, much faster), else pip."""
+    uv = COURSE / "build" / "venvs" / "tools" / "bin" / "uv"
+    uv = str(uv) if uv.exists() else shutil.which("uv")
+    if uv:
+        return [uv, "pip", "install", "-q", "--python", py, "--index-strategy", "unsafe-best-match"]
+    return [py, "-m", "pip", "install", "-q"]
+
+
 def _run(cmd, **kwargs):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, **kwargs)
     assert done.returncode == 0, f"{cmd}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
@@ -38,6 +48,7 @@ def _run(cmd, **kwargs):
 
 
 @pytest.mark.slow
+@pytest.mark.install
 def test_binder_style_install_loads_the_tiny_model_and_runs_chapter_00(tmp_path):
     tracked = _run(["git", "ls-files"], cwd=COURSE).split()
     clone = tmp_path / "clone"
@@ -54,18 +65,22 @@ def test_binder_style_install_loads_the_tiny_model_and_runs_chapter_00(tmp_path)
     # Binder's extra index (torch's CPU wheels) is not reachable here: torch comes from disk.
     reqs = (clone / "binder" / "requirements.txt").read_text().splitlines()
     reqs = [r for r in reqs if r and not r.startswith(("#", "--extra-index-url"))]
-    _run([py, "-m", "pip", "install", "-q", "-c", str(pins), "torch==2.13.0"])
-    _run([py, "-m", "pip", "install", "-q", "-c", str(pins), *reqs], cwd=clone)
+    install = _installer(py)
+    links = os.environ.get("UV_FIND_LINKS") or os.environ.get("PIP_FIND_LINKS", "")
+    env = {**os.environ, "UV_FIND_LINKS": links} if links else dict(os.environ)
+    _run([*install, "-c", str(pins), "torch==2.13.0"], env=env)
+    _run([*install, "-c", str(pins), *reqs], cwd=clone, env=env)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     env.pop("COURSE_ROOT", None)
+    env.pop("PYTHONPATH", None)
     found = json.loads(_run([py, "-c", LOAD], cwd=elsewhere, env=env).splitlines()[-1])
     assert "site-packages" in found["helpers"] and str(COURSE) not in found["helpers"]
     assert found["data"].endswith("share/budget-finetuning-course/data")
     assert 1_000_000 < found["params"] < 10_000_000
     # Chapter 00 from the clone, as Binder opens it, with papermill in the same venv.
-    _run([py, "-m", "pip", "install", "-q", "-c", str(pins), "papermill", "ipykernel"])
+    _run([*install, "-c", str(pins), "papermill", "ipykernel"])
     out = tmp_path / "00_setup.ipynb"
     chapter = clone / "chapters" / "00_setup.ipynb"
     args = ["-k", "python3", "--cwd", str(chapter.parent), "-p", "PROFILE", "tiny"]

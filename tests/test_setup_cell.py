@@ -106,3 +106,78 @@ def test_prepare_refuses_helpers_from_another_folder(tmp_path):
 
     with pytest.raises(SystemExit, match="not from the course"):
         prepare(tmp_path)
+
+
+def test_every_chapter_carries_badges_and_the_p100_parameter_and_sync_is_idempotent(tmp_path):
+    import shutil
+
+    import nbformat
+
+    from helpers.course import chapters
+    from helpers.notebook import P100_FIX_LINE, badges, sync
+
+    for path in chapters():
+        nb = nbformat.read(path, as_version=4)
+        first = next(c for c in nb.cells if c.cell_type == "markdown")
+        assert first.source.split("\n")[2] == badges(path.name), path
+        assert f"blob/{COURSE_REF}/chapters/{path.name}" in badges(path.name)
+        params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        assert P100_FIX_LINE in params.source, path
+        copy = tmp_path / path.name
+        shutil.copy(path, copy)
+        assert sync([copy]) == [], f"{path}: run `python -m helpers.notebook sync`"
+
+
+P100 = dict(
+    device="cuda",
+    gpu_name="Tesla P100-PCIE-16GB",
+    capability=(6, 0),
+    total_memory_gb=15.9,
+    arch_list=("sm_70", "sm_75", "sm_80", "sm_90", "sm_100", "sm_120"),
+    gpu_count=1,
+    torch_version="2.11.0",
+)
+
+
+def _fake_p100(monkeypatch, calls, returncode=0):
+    import subprocess as sp
+
+    import torch
+
+    from helpers import hardware, notebook
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(hardware, "detect", lambda: hardware.Hardware(**P100))
+
+    def fake_run(cmd, **kwargs):
+        calls.append(cmd)
+        return sp.CompletedProcess(cmd, returncode, "", "ERROR: No matching distribution")
+
+    monkeypatch.setattr(notebook.subprocess, "run", fake_run)
+
+
+def test_p100_without_the_fix_flag_explains_and_installs_nothing(monkeypatch, capsys):
+    from helpers.notebook import check_gpu
+
+    calls = []
+    _fake_p100(monkeypatch, calls)
+    check_gpu(p100_fix=False)
+    out = capsys.readouterr().out
+    assert calls == [] and "no kernels for the Tesla P100" in out and "P100_FIX = True" in out
+
+
+def test_p100_fix_reinstalls_the_same_torch_from_cu126_and_asks_for_a_restart(monkeypatch, capsys):
+    from helpers.notebook import check_gpu
+
+    calls = []
+    _fake_p100(monkeypatch, calls)
+    check_gpu(p100_fix=True)
+    assert len(calls) == 1
+    cmd = " ".join(calls[0])
+    assert "-m pip install --force-reinstall --no-deps torch==2.11.0" in cmd
+    assert cmd.endswith("--index-url https://download.pytorch.org/whl/cu126")
+    assert "Restart the runtime" in capsys.readouterr().out
+    failed = []
+    _fake_p100(monkeypatch, failed, returncode=1)
+    with pytest.raises(SystemExit, match="pip could not install torch"):
+        check_gpu(p100_fix=True)
