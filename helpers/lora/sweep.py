@@ -6,7 +6,7 @@ and writes a JSON file the chapter loads and plots; the chapter re-runs one poin
 profile's own rank, its main training run) to show the file reproduces.
 
     python -m helpers.lora.sweep                      # writes data/results/lora_sweep.json
-    python -m helpers.lora.sweep --seeds 0 --steps 50 100 --out /tmp/sweep.json
+    python -m helpers.lora.sweep --seeds 0 --steps 50 100 --out /tmp/sweep.json  # a quick one
 
 Step size and rank are kept apart: every point uses the scale s(r) = s0 * sqrt(r0 / r), where
 r0 and s0 = alpha0 / r0 are the profile's rank and scale. That is rsLoRA's rule (Kalajdzievski
@@ -68,7 +68,8 @@ def first_update_size(
     """Frobenius norm of the change of s * B A after one AdamW step, on one layer.
 
     A LoRALinear around a random (out, in) layer takes one AdamW step (lr 1e-3) on a random
-    regression loss over a batch of 64 inputs. B starts at zero, so the change is s * B1 A.
+    regression loss over a batch of 64 inputs. B starts at zero, so the change is s * B1 A
+    (A's gradient is zero while B = 0: only AdamW's weight decay moves it, by lr * 0.01).
 
     Returns:
         ||s * B1 A||_F, a float.
@@ -140,18 +141,20 @@ def run_point(
             "trainable": trainable, "scores": scores}  # fmt: skip
 
 
-def sweep_configs(r_ref: int, alpha_ref: float, targets: tuple[str, ...]) -> list[dict]:
+def sweep_configs(
+    r_ref: int, alpha_ref: float, targets: tuple[str, ...], ranks: tuple[int, ...] = RANKS
+) -> list[dict]:
     """The sweep's points: each rank on ``targets``, and r_ref on attention only, all rsLoRA."""
     configs = [
         {"r": r, "targets": tuple(targets), "alpha": scaling("rsLoRA", r, r_ref, alpha_ref) * r}
-        for r in RANKS
+        for r in ranks
     ]
     attention = tuple(t for t in targets if t in ATTENTION)
     configs.append({"r": r_ref, "targets": attention, "alpha": float(alpha_ref)})
     return configs
 
 
-def run_sweep(profile_name: str, seeds, steps, eval_examples: int) -> dict:
+def run_sweep(profile_name: str, seeds, steps, eval_examples: int, ranks=RANKS) -> dict:
     """Every point of ``sweep_configs`` for every seed, on one base model (see run_point)."""
     from helpers.data import load_task
     from helpers.models import load_model
@@ -164,7 +167,7 @@ def run_sweep(profile_name: str, seeds, steps, eval_examples: int) -> dict:
     train_kwargs = {"micro_batch_size": profile.micro_batch_size, "lr": profile.lr,
                     "grad_accum_steps": profile.grad_accum_steps, "max_seq_len": profile.max_seq_len}  # fmt: skip
     runs, start = [], time.perf_counter()
-    for config in sweep_configs(profile.lora_r, profile.lora_alpha, profile.target_modules):
+    for config in sweep_configs(profile.lora_r, profile.lora_alpha, profile.target_modules, ranks):
         for seed in seeds:
             runs.append(run_point(model, tokenizer, train_set, eval_set, seed=seed, steps=steps,
                                   train_kwargs=train_kwargs, **config))  # fmt: skip
@@ -229,13 +232,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.lora.sweep", description=__doc__)
     parser.add_argument("--profile", default="tiny")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, nargs="+", default=[100, 200, 300])
+    parser.add_argument("--steps", type=int, nargs="+", default=[100, 200])
+    parser.add_argument("--ranks", type=int, nargs="+", default=list(RANKS))
     parser.add_argument("--eval-examples", type=int, default=100)
     parser.add_argument("--out", type=Path, default=SWEEP_FILE)
     args = parser.parse_args(argv)
     if sorted(set(args.steps)) != args.steps or args.steps[0] <= 0:
         parser.error(f"--steps must be positive and increasing, got {args.steps}")
-    data = run_sweep(args.profile, args.seeds, args.steps, args.eval_examples)
+    data = run_sweep(args.profile, args.seeds, args.steps, args.eval_examples, tuple(args.ranks))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1) + "\n")
