@@ -4,6 +4,7 @@ perplexity from llama.cpp's own logits, and its OpenAI-compatible server on 127.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import socket
 import subprocess
@@ -16,8 +17,15 @@ from pathlib import Path
 import numpy as np
 
 
-def load_gguf(path: str | Path, n_ctx: int = 256, logits_all: bool = False, n_threads: int = 2):
-    """A ``llama_cpp.Llama`` for the file (quiet, CPU threads ``n_threads``)."""
+def load_gguf(
+    path: str | Path,
+    n_ctx: int = 256,
+    logits_all: bool = False,
+    n_threads: int = 2,
+    verbose: bool = False,
+):
+    """A ``llama_cpp.Llama`` for the file (quiet unless ``verbose``; ``n_threads`` CPU
+    threads). ``logits_all`` keeps every position's logits (for perplexity)."""
     from llama_cpp import Llama
 
     if not Path(path).is_file():
@@ -27,9 +35,23 @@ def load_gguf(path: str | Path, n_ctx: int = 256, logits_all: bool = False, n_th
         n_ctx=n_ctx,
         n_threads=n_threads,
         logits_all=logits_all,
-        verbose=False,
+        verbose=verbose,
         seed=0,
     )
+
+
+def load_with_log(path: str | Path, n_ctx: int = 256):
+    """Load with llama.cpp's log captured: ``(llm or None, error or None, log text)``."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stderr(buffer):
+        try:
+            llm, error = load_gguf(path, n_ctx, verbose=True), None
+        except ValueError as err:  # llama-cpp-python's "Failed to load model from file"
+            llm, error = None, err
+    from llama_cpp._logger import set_verbose
+
+    set_verbose(False)  # verbose=True above switched llama.cpp's log on for the process
+    return llm, error, buffer.getvalue()
 
 
 def greedy_ids(llm, prompt_ids: Sequence[int], max_new_tokens: int) -> tuple[list[int], bool]:
