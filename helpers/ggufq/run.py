@@ -61,11 +61,13 @@ def greedy_ids(llm, prompt_ids: Sequence[int], max_new_tokens: int) -> tuple[lis
         ``(new_ids, stopped)``: the new tokens, the end-of-generation token included if it came,
         and whether an end-of-generation token (the file's EOS/EOT) stopped the loop.
     """
+    import llama_cpp
+
     llm.reset()
     new: list[int] = []
     for token in llm.generate(list(prompt_ids), temp=0.0, top_k=1, reset=True):
         new.append(int(token))
-        if llm._model.token_is_eog(token):  # the file's EOS or EOT ids
+        if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token):  # the file's EOS/EOT ids
             return new, True
         if len(new) >= max_new_tokens:
             break
