@@ -12,6 +12,12 @@ PROFILE ?= auto
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.course-installed
+# llama-cpp-python compiles llama.cpp (chapter 06). Portable flags: no -march=native, AVX2 on
+# (every x86-64 CPU of the last decade; CI's has it); no multimodal library. Built once into
+# .whl/ and installed from there; delete .whl/ to rebuild.
+LLAMA_CPP := llama-cpp-python==0.3.36
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAVA_BUILD=OFF
+LLMCOMPRESSOR := llmcompressor==0.14.0
 # Tests must never reach a hub; progress bars would only clutter the logs.
 TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 \
 	HF_HUB_DISABLE_PROGRESS_BARS=1 COURSE_RESULTS=build/test-results.json \
@@ -25,7 +31,10 @@ ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[test]"
+	ls .whl/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" \
+		CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip wheel -q --no-deps -w .whl "$(LLAMA_CPP)"
+	$(BIN)/pip install -q --find-links .whl -e ".[test,deploy]"
+	$(BIN)/pip install -q --no-deps "$(LLMCOMPRESSOR)"
 	touch $(STAMP)
 
 course: $(STAMP)

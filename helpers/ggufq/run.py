@@ -4,6 +4,7 @@ perplexity from llama.cpp's own logits, and its OpenAI-compatible server on 127.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import socket
 import subprocess
@@ -16,8 +17,15 @@ from pathlib import Path
 import numpy as np
 
 
-def load_gguf(path: str | Path, n_ctx: int = 256, logits_all: bool = False, n_threads: int = 2):
-    """A ``llama_cpp.Llama`` for the file (quiet, CPU threads ``n_threads``)."""
+def load_gguf(
+    path: str | Path,
+    n_ctx: int = 256,
+    logits_all: bool = False,
+    n_threads: int = 2,
+    verbose: bool = False,
+):
+    """A ``llama_cpp.Llama`` for the file (quiet unless ``verbose``; ``n_threads`` CPU
+    threads). ``logits_all`` keeps every position's logits (for perplexity)."""
     from llama_cpp import Llama
 
     if not Path(path).is_file():
@@ -27,9 +35,23 @@ def load_gguf(path: str | Path, n_ctx: int = 256, logits_all: bool = False, n_th
         n_ctx=n_ctx,
         n_threads=n_threads,
         logits_all=logits_all,
-        verbose=False,
+        verbose=verbose,
         seed=0,
     )
+
+
+def load_with_log(path: str | Path, n_ctx: int = 256):
+    """Load with llama.cpp's log captured: ``(llm or None, error or None, log text)``."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stderr(buffer):
+        try:
+            llm, error = load_gguf(path, n_ctx, verbose=True), None
+        except ValueError as err:  # llama-cpp-python's "Failed to load model from file"
+            llm, error = None, err
+    from llama_cpp._logger import set_verbose
+
+    set_verbose(False)  # verbose=True above switched llama.cpp's log on for the process
+    return llm, error, buffer.getvalue()
 
 
 def greedy_ids(llm, prompt_ids: Sequence[int], max_new_tokens: int) -> tuple[list[int], bool]:
@@ -39,11 +61,13 @@ def greedy_ids(llm, prompt_ids: Sequence[int], max_new_tokens: int) -> tuple[lis
         ``(new_ids, stopped)``: the new tokens, the end-of-generation token included if it came,
         and whether an end-of-generation token (the file's EOS/EOT) stopped the loop.
     """
+    import llama_cpp
+
     llm.reset()
     new: list[int] = []
     for token in llm.generate(list(prompt_ids), temp=0.0, top_k=1, reset=True):
         new.append(int(token))
-        if llm._model.token_is_eog(token):  # the file's EOS or EOT ids
+        if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token):  # the file's EOS/EOT ids
             return new, True
         if len(new) >= max_new_tokens:
             break

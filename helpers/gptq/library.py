@@ -41,6 +41,9 @@ def gptq_quantize(
     """Quantize ``weight (out, in)`` given ``h (in, in)`` with llm-compressor's GPTQ."""
     from compressed_tensors.quantization.utils import calculate_qparams
     from llmcompressor.modifiers.gptq.gptq_quantize import quantize_weight
+    from loguru import logger
+
+    logger.disable("llmcompressor")  # its "no accelerator" notice: a CPU is what we mean
 
     if h.shape != (weight.shape[1], weight.shape[1]):
         raise ValueError(f"h must be ({weight.shape[1]}, {weight.shape[1]}), got {tuple(h.shape)}")

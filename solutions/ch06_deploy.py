@@ -1,0 +1,34 @@
+"""Solutions to chapter 06's exercises."""
+
+from __future__ import annotations
+
+import torch
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from helpers.gptq.naive import quantize_column
+
+__all__ = ["bits_per_weight", "gptq_step", "q8_0_block", "quantize_column"]
+
+
+def q8_0_block(x: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """One Q8_0 block: ``(d as stored in fp16, 32 int8 codes)``."""
+    d = x.abs().max() / 127
+    inv = 1 / d if d != 0 else torch.zeros(())
+    v = x * inv
+    q = v.sign() * (v.abs() + 0.5).floor()  # halves away from zero (C's roundf)
+    return float(d.to(torch.float16)), q.to(torch.int8)
+
+
+def bits_per_weight(type_name: str) -> float:
+    """Stored bits per weight of a GGUF type, scales included."""
+    block, nbytes = GGML_QUANT_SIZES[GGMLQuantizationType[type_name]]
+    return nbytes * 8 / block
+
+
+def gptq_step(w, u, i, scale, zero):
+    """Quantize column ``i`` of ``w`` and push its error onto the later columns."""
+    w = w.clone()
+    _, q = quantize_column(w[:, i], scale, zero, 4)
+    err = (w[:, i] - q) / u[i, i]  # (out,)
+    w[:, i:] -= err[:, None] * u[i, i:][None, :]
+    return w

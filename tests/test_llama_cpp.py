@@ -1,0 +1,121 @@
+"""The exported GGUF really runs in llama.cpp: same tokens and same greedy answers as
+transformers (F16, Q8_0), generation stops at the end-of-turn token, the chat template travels,
+and each broken export fails the way chapter 06 says."""
+
+import pytest
+import torch
+
+pytest.importorskip("llama_cpp", reason="llama-cpp-python is installed by `make` (deploy extra)")
+
+from helpers.data import load_task  # noqa: E402
+from helpers.ggufq import export, run  # noqa: E402
+from helpers.models import load_model  # noqa: E402
+from helpers.paths import HELDOUT_TEXT, TINY_MODEL_DIR  # noqa: E402
+from helpers.profiles import get_profile  # noqa: E402
+from helpers.task import format_prompt  # noqa: E402
+
+MAX_NEW = 12
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, tokenizer = load_model(get_profile("tiny"))
+    prompts = [format_prompt(tokenizer, p) for p in load_task("test")["prompt"][:4]]
+    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    return model.eval(), tokenizer, prompts, ids
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("gguf")
+    return {q: export.write_gguf(TINY_MODEL_DIR, folder / f"{q}.gguf", q) for q in ("F16", "Q8_0")}
+
+
+def _hf_greedy(model, tokenizer, ids):
+    with torch.no_grad():
+        out = model.generate(
+            torch.tensor([ids]),
+            max_new_tokens=MAX_NEW,
+            do_sample=False,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    new = out[0, len(ids) :].tolist()
+    eos = tokenizer.eos_token_id
+    return new[: new.index(eos) + 1] if eos in new else new
+
+
+def test_same_tokens(tiny, files):
+    _, tokenizer, prompts, ids = tiny
+    llm = run.load_gguf(files["Q8_0"])
+    assert [llm.tokenize(p.encode(), add_bos=False, special=True) for p in prompts] == ids
+    text = HELDOUT_TEXT.read_text()[:3000]
+    assert llm.tokenize(text.encode(), add_bos=False) == tokenizer(text)["input_ids"]
+
+
+@pytest.mark.parametrize("qtype", ["F16", "Q8_0"])
+def test_greedy_equal_to_transformers(tiny, files, qtype):
+    model, tokenizer, _, ids = tiny
+    llm = run.load_gguf(files[qtype])
+    for prompt_ids in ids:
+        new, _ = run.greedy_ids(llm, prompt_ids, MAX_NEW)
+        assert new == _hf_greedy(model, tokenizer, prompt_ids)
+
+
+def test_stops_at_end_of_turn(tiny, files):
+    _, tokenizer, _, ids = tiny
+    llm = run.load_gguf(files["Q8_0"])
+    new, stopped = run.greedy_ids(llm, ids[0] + tokenizer("{}")["input_ids"], 64)
+    assert stopped and new[-1] == tokenizer.eos_token_id
+
+
+def test_wrong_eos_runs_to_the_limit(tiny, tmp_path):
+    _, tokenizer, _, ids = tiny
+    path = export.write_gguf(TINY_MODEL_DIR, tmp_path / "w.gguf", "Q8_0", eos_token_id=0)
+    new, stopped = run.greedy_ids(run.load_gguf(path), ids[0] + tokenizer("{}")["input_ids"], 64)
+    assert not stopped and len(new) == 64 and tokenizer.eos_token_id in new
+
+
+def test_chat_template_in_file(tiny, files):
+    _, tokenizer, _, _ = tiny
+    llm = run.load_gguf(files["Q8_0"])
+    assert llm.metadata["tokenizer.chat_template"] == tokenizer.chat_template
+    assert llm.chat_format == "chat_template.default"
+
+
+def test_unknown_pre_tokenizer_is_refused(tmp_path):
+    path = export.write_gguf(TINY_MODEL_DIR, tmp_path / "p.gguf", "Q8_0", pre="no-such-pre")
+    llm, error, log = run.load_with_log(path)
+    assert llm is None and isinstance(error, ValueError)
+    assert "unknown pre-tokenizer type: 'no-such-pre'" in log
+
+
+def test_perplexity_matches_transformers(tiny, files):
+    model, tokenizer, _, _ = tiny
+    from helpers.evaluation import library as evaluation
+
+    ids = tokenizer(HELDOUT_TEXT.read_text()[:2000])["input_ids"]
+    ours = run.perplexity(run.load_gguf(files["F16"], logits_all=True), ids, 128)["ppl"]
+    theirs = evaluation.perplexity(model, torch.tensor(ids), 128, 128)["ppl"]
+    assert ours == pytest.approx(theirs, rel=2e-3)  # F16 weights: a small, stated tolerance
+
+
+def test_server_answers_on_localhost(files):
+    with run.serve(files["Q8_0"]) as url:
+        assert url.startswith("http://127.0.0.1:")
+        reply = run.post_json(
+            url + "/v1/chat/completions",
+            {
+                "messages": [{"role": "user", "content": "Review: the app crashes."}],
+                "max_tokens": 8,
+                "temperature": 0.0,
+            },
+        )
+    assert reply["choices"][0]["message"]["content"] is not None
+    with pytest.raises(OSError):
+        run.post_json(url + "/v1/models", {}, timeout=2)  # stopped
+
+
+def test_missing_file():
+    with pytest.raises(FileNotFoundError, match="no GGUF file"):
+        run.load_gguf("/nonexistent/model.gguf")
