@@ -13,10 +13,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.course-installed
 # llama-cpp-python compiles llama.cpp (chapter 06). Portable flags: no -march=native, AVX2 on
-# (every x86-64 CPU of the last decade; CI's has it); no multimodal library. Built once into
+# (every x86-64 CPU of the last decade; CI's has it). Built once into
 # .whl/ and installed from there; delete .whl/ to rebuild.
 LLAMA_CPP := llama-cpp-python==0.3.36
-LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAVA_BUILD=OFF
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 LLMCOMPRESSOR := llmcompressor==0.14.0
 # Tests must never reach a hub; progress bars would only clutter the logs.
 TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 \

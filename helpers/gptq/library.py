@@ -8,6 +8,8 @@ next to its own transformers (only the torch code below is used, which runs on a
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .naive import GPTQResult, hessian, layer_rel_error, minmax_grid, rtn_quantize
@@ -39,11 +41,10 @@ def gptq_quantize(
     percdamp: float = 0.01,
 ) -> GPTQResult:
     """Quantize ``weight (out, in)`` given ``h (in, in)`` with llm-compressor's GPTQ."""
+    # llm-compressor logs a "no accelerator" warning as it loads: a CPU is what we mean here
+    os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "ERROR")
     from compressed_tensors.quantization.utils import calculate_qparams
     from llmcompressor.modifiers.gptq.gptq_quantize import quantize_weight
-    from loguru import logger
-
-    logger.disable("llmcompressor")  # its "no accelerator" notice: a CPU is what we mean
 
     if h.shape != (weight.shape[1], weight.shape[1]):
         raise ValueError(f"h must be ({weight.shape[1]}, {weight.shape[1]}), got {tuple(h.shape)}")
