@@ -13,9 +13,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.course-installed
 # llama-cpp-python compiles llama.cpp (chapter 06). Portable flags: no -march=native, AVX2 on
-# (every x86-64 CPU of the last decade; CI's has it). Built once into
-# .whl/ and installed from there; delete .whl/ to rebuild.
+# (every x86-64 CPU of the last decade; CI's has it). Built once per machine into $(WHEELS), a
+# cache outside the clone (a fresh clone on the same machine reuses it; about 10 CPU-minutes
+# to build); delete the folder to rebuild.
 LLAMA_CPP := llama-cpp-python==0.3.36
+WHEELS ?= $(HOME)/.cache/budget-finetuning-course/wheels
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 LLMCOMPRESSOR := llmcompressor==0.14.0
 # Tests must never reach a hub; progress bars would only clutter the logs.
@@ -31,9 +33,9 @@ ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
-	ls .whl/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" \
-		CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip wheel -q --no-deps -w .whl "$(LLAMA_CPP)"
-	$(BIN)/pip install -q --find-links .whl -e ".[test,deploy]"
+	ls $(WHEELS)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" \
+		CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip wheel -q --no-deps -w $(WHEELS) "$(LLAMA_CPP)"
+	$(BIN)/pip install -q --find-links $(WHEELS) -e ".[test,deploy]"
 	$(BIN)/pip install -q --no-deps "$(LLMCOMPRESSOR)"
 	touch $(STAMP)
 
