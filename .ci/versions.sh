@@ -12,7 +12,7 @@ PYTHON=${PYTHON:-python3}
 # NF4 and LoRA parity tests, profiles, and no removed `load_in_4bit=` argument.
 TESTS=${VERSION_TESTS:-tests/test_core.py tests/test_tiny_tokenizer.py tests/test_quantization.py \
   tests/test_lora.py tests/test_hardware_profiles.py tests/test_no_load_in_4bit_argument.py}
-CHAPTERS=${VERSION_CHAPTERS:-00_setup 03_qlora}
+CHAPTERS=${VERSION_CHAPTERS:-00_setup 01_quantization}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1
 export HF_HUB_DISABLE_PROGRESS_BARS=1 OMP_NUM_THREADS=1
 export UV_FIND_LINKS=${UV_FIND_LINKS:-${PIP_FIND_LINKS:-}}
