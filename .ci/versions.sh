@@ -19,10 +19,10 @@ export UV_FIND_LINKS=${UV_FIND_LINKS:-${PIP_FIND_LINKS:-}}
 failed=""
 tools=build/venvs/tools
 test -x $tools/bin/uv || { $PYTHON -m venv $tools && $tools/bin/pip install -q uv; }
-# repo2docker writes Binder's Dockerfile without docker: tests/test_repo2docker.py checks it.
+# repo2docker writes Binder's Dockerfile without docker: `make versions` then runs
+# tests/test_repo2docker.py with it.
 test -x $tools/bin/jupyter-repo2docker ||
   $tools/bin/uv pip install -q --python $tools/bin/python jupyter-repo2docker
-export REPO2DOCKER=$PWD/$tools/bin/jupyter-repo2docker
 for set in "$@"; do
   start=$(date +%s)
   venv=build/venvs/$set
