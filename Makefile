@@ -68,8 +68,9 @@ doctor: $(STAMP)
 	$(BIN)/python -m helpers.doctor --profile $(PROFILE)
 
 versions: $(STAMP)
-	$(TEST_ENV) $(BIN)/python -m pytest -p no:cacheprovider -q -m install tests
 	.ci/versions.sh lowest latest
+	REPO2DOCKER=$(CURDIR)/build/venvs/tools/bin/jupyter-repo2docker $(TEST_ENV) \
+		$(BIN)/python -m pytest -p no:cacheprovider -q -m install tests
 
 clean:
 	rm -rf build

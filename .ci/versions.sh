@@ -12,17 +12,17 @@ PYTHON=${PYTHON:-python3}
 # NF4 and LoRA parity tests, profiles, and no removed `load_in_4bit=` argument.
 TESTS=${VERSION_TESTS:-tests/test_core.py tests/test_tiny_tokenizer.py tests/test_quantization.py \
   tests/test_lora.py tests/test_hardware_profiles.py tests/test_no_load_in_4bit_argument.py}
-CHAPTERS=${VERSION_CHAPTERS:-00_setup 03_qlora}
+CHAPTERS=${VERSION_CHAPTERS:-00_setup 01_quantization}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1
 export HF_HUB_DISABLE_PROGRESS_BARS=1 OMP_NUM_THREADS=1
 export UV_FIND_LINKS=${UV_FIND_LINKS:-${PIP_FIND_LINKS:-}}
 failed=""
 tools=build/venvs/tools
 test -x $tools/bin/uv || { $PYTHON -m venv $tools && $tools/bin/pip install -q uv; }
-# repo2docker writes Binder's Dockerfile without docker: tests/test_repo2docker.py checks it.
+# repo2docker writes Binder's Dockerfile without docker: `make versions` then runs
+# tests/test_repo2docker.py with it.
 test -x $tools/bin/jupyter-repo2docker ||
   $tools/bin/uv pip install -q --python $tools/bin/python jupyter-repo2docker
-export REPO2DOCKER=$PWD/$tools/bin/jupyter-repo2docker
 for set in "$@"; do
   start=$(date +%s)
   venv=build/venvs/$set

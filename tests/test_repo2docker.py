@@ -2,7 +2,7 @@
 binder/requirements.txt after the whole folder is copied, and binder/start as entry point.
 
 `repo2docker --no-build` writes the Dockerfile without docker. The test is skipped (visibly)
-where repo2docker is not installed; `.ci/versions.sh` installs it and runs this test.
+where repo2docker is not installed; `make versions` installs it and runs this test.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ COURSE = PACKAGE_DIR.parent
 TOOL = os.environ.get("REPO2DOCKER") or shutil.which("jupyter-repo2docker")
 
 
+@pytest.mark.install
 @pytest.mark.skipif(not TOOL, reason="repo2docker is not installed (set REPO2DOCKER)")
 def test_repo2docker_builds_the_binder_folder_as_intended():
     done = subprocess.run(
