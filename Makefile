@@ -39,8 +39,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps "$(LLMCOMPRESSOR)"
 	touch $(STAMP)
 
+# MODEL=build/shapes/t4 runs a GPU profile on a local model, e.g. a shape twin.
 course: $(STAMP)
-	$(BIN)/python -m helpers.course run --profile $(PROFILE)
+	$(if $(MODEL),COURSE_MODEL_DIR=$(MODEL)) $(BIN)/python -m helpers.course run --profile $(PROFILE)
 
 test: $(STAMP)
 	rm -rf build/test-notebooks build/test-results.json

@@ -11,9 +11,15 @@ Importing ``helpers`` sets torch's CPU thread count once for every chapter (see
 
 from __future__ import annotations
 
+import logging
 import os
 
 __version__ = "0.1.0"
+
+# On CPUs with AVX512-BF16, importing bitsandbytes tries to fetch an optional kernel from a hub
+# and logs a warning when it cannot (always, offline); the course never uses that kernel (see
+# helpers.bnb_cpu). Silenced here, before any chapter imports bitsandbytes.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 # On a shared 2-core machine, torch's default of one thread per core made chapter 02's training
 # loop 12 to 30 times slower per step than one thread (the README has the measurements).
@@ -46,10 +52,3 @@ def set_cpu_threads(environ: dict[str, str] | None = None) -> int | None:
 
 
 set_cpu_threads()
-
-import logging as _logging
-
-# On CPUs with AVX512-BF16, importing bitsandbytes tries to fetch an optional kernel from a hub
-# and logs a warning when it cannot (always, offline); the course never uses that kernel (see
-# helpers.bnb_cpu). Silenced here, before any chapter imports bitsandbytes.
-_logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)

@@ -8,6 +8,7 @@ the hardware and says why.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -338,6 +339,11 @@ def resolve_profile(name: str = "auto", hw: Hardware | None = None, **overrides)
     if unknown:
         raise ValueError(f"Unknown profile field(s) {unknown}. Valid fields: {sorted(fields)}.")
     changes = {k: v for k, v in overrides.items() if v is not None}
+    twin = os.environ.get("COURSE_MODEL_DIR", "").strip()
+    if twin and name != "tiny" and "model_id" not in changes:
+        # A local model in the profile's place, e.g. a shape twin (python -m helpers.shapes).
+        changes["model_id"] = twin
+        reason += f"; model from COURSE_MODEL_DIR={twin}"
     return replace(PROFILES[name], **changes), reason
 
 

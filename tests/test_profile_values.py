@@ -45,3 +45,13 @@ def test_good_overrides_and_every_shipped_profile_pass():
     assert get_profile("tiny", lr=1).lr == 1  # an int learning rate is a number too
     for name in PROFILES:
         assert get_profile(name).name == name
+
+
+def test_course_model_dir_points_a_gpu_profile_at_a_local_model(monkeypatch):
+    from helpers.profiles import resolve_profile
+
+    monkeypatch.setenv("COURSE_MODEL_DIR", "build/shapes/t4")
+    profile, why = resolve_profile("t4")
+    assert profile.model_id == "build/shapes/t4" and "COURSE_MODEL_DIR" in why
+    assert resolve_profile("tiny")[0].model_id != "build/shapes/t4"  # tiny keeps its model
+    assert resolve_profile("t4", model_id="x")[0].model_id == "x"  # an explicit override wins
