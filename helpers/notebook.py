@@ -71,7 +71,15 @@ def fetch_course():
             )
 
 
-root = next((os.path.abspath(r) for r in ("..", ".") if is_course(r)), None)
+def course_above(path):
+    """The folder at or above ``path`` that holds the course (a clone), else None."""
+    path = os.path.abspath(path)
+    while not is_course(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path if is_course(path) else None
+
+
+root = course_above(".")
 if root is None:
     if os.path.isdir(COURSE_DIR) and not is_course(COURSE_DIR):
         raise SystemExit(f"{{COURSE_DIR}}/ is not the course: rename it, then run this cell.")

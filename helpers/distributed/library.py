@@ -49,6 +49,11 @@ def make_accelerator(timeout_s: float = 120.0):
     handlers = [InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s))]
     if not torch.cuda.is_available():  # one thread per process, said before accelerate warns
         os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # A forked worker inherits the parent's accelerate state (a singleton, set by any
+    # Accelerator the parent made, e.g. chapter 04's): start from a clean one.
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
     # Without a GPU, accelerate forms a multi-process (gloo) group only when told cpu=True.
     return Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=handlers)
 
