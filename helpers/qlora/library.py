@@ -116,8 +116,9 @@ def load_4bit(
 def prepare_for_kbit_training(
     model: PreTrainedModel, gradient_checkpointing: bool = False
 ) -> PreTrainedModel:
-    """peft's ``prepare_model_for_kbit_training``: freeze, fp32 norms, input grads, and
-    optionally gradient checkpointing."""
+    """peft's ``prepare_model_for_kbit_training``: freeze, cast every non-quantized fp16/bf16
+    parameter (embeddings, norms, head) to fp32, input grads, optionally gradient
+    checkpointing."""
     return prepare_model_for_kbit_training(
         model,
         use_gradient_checkpointing=gradient_checkpointing,

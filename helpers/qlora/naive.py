@@ -227,8 +227,11 @@ def prepare_for_kbit_training(
     """The steps of peft's ``prepare_model_for_kbit_training``, written out.
 
     1. Freeze every base parameter: only adapters will train.
-    2. Cast the float parameters that are fp16/bf16 (embeddings, norms, head) to fp32: RMSNorm
-       sums squares, which overflow fp16's 65504 easily, and these layers are small.
+    2. Cast every fp16/bf16 parameter that is not quantized (embeddings, norms, head, biases)
+       to fp32, as peft does (``peft/utils/other.py``). Not for RMSNorm's sake: transformers'
+       RMSNorm already squares and averages in fp32. The reason is precision: the parts left
+       outside the 4-bit layers then compute and accumulate in fp32, which keeps training under
+       fp16 stable. Cost: 2 more bytes per non-quantized parameter.
     3. Make the embeddings' output require grad: a checkpointed block recomputed with the
        reentrant implementation only back-propagates if one of its inputs requires grad.
     4. Optionally trade compute for memory with gradient checkpointing (transformers'
