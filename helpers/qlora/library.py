@@ -38,6 +38,20 @@ __all__ = [
 ]
 
 
+def _keep_nf4_layout(model: nn.Module) -> nn.Module:
+    """Keep bitsandbytes' NF4 layout on every CPU.
+
+    On a CPU with AVX512-BF16, bitsandbytes repacks a 4-bit weight for its own CPU kernel at the
+    first inference call (``Linear4bit.forward``, ``_convert_weight_packed_for_cpu``): another
+    layout and other rounding than the NF4 codes the course compares with its naive twin, and
+    only on some CPUs. So the course turns that repacking off; results then match on any CPU.
+    """
+    for module in model.modules():
+        if isinstance(module, Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+    return model
+
+
 def _to_bnb(linear: nn.Linear, compute_dtype: torch.dtype, double_quant: bool) -> Linear4bit:
     """A bitsandbytes Linear4bit holding ``linear``'s weight; quantized when moved to a device
     (``Params4bit.to`` quantizes on the first move, CPU included)."""
@@ -73,7 +87,7 @@ def quantize_model(
             model.get_submodule(parent_name), child, _to_bnb(linear, compute_dtype, double_quant)
         )
     model.is_loaded_in_4bit = True
-    return model
+    return _keep_nf4_layout(model)
 
 
 def load_4bit(
@@ -97,14 +111,15 @@ def load_4bit(
         trust_remote_code=False,
         **kwargs,
     )
-    return model.eval()
+    return _keep_nf4_layout(model).eval()
 
 
 def prepare_for_kbit_training(
     model: PreTrainedModel, gradient_checkpointing: bool = False
 ) -> PreTrainedModel:
-    """peft's ``prepare_model_for_kbit_training``: freeze, fp32 norms, input grads, and
-    optionally gradient checkpointing."""
+    """peft's ``prepare_model_for_kbit_training``: freeze, cast every non-quantized fp16/bf16
+    parameter (embeddings, norms, head) to fp32, input grads, optionally gradient
+    checkpointing."""
     return prepare_model_for_kbit_training(
         model,
         use_gradient_checkpointing=gradient_checkpointing,

@@ -28,13 +28,17 @@ Dimension names: B batch, T tokens, IN / OUT a layer's features, N = OUT * IN we
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from accelerate import init_empty_weights
+from accelerate.utils import set_module_tensor_to_device
+from safetensors import safe_open
 from torch import nn
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from helpers.lora import naive as lora
 from helpers.quantization import naive as quant
@@ -150,23 +154,76 @@ def quantize_model(
     return model
 
 
+def _shard_files(model_dir: Path) -> list[Path]:
+    """The safetensors shards of a local model folder, in the index's order."""
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [model_dir / name for name in names]
+    single = model_dir / "model.safetensors"
+    if not single.is_file():
+        raise ValueError(
+            f"{model_dir} has no model.safetensors nor model.safetensors.index.json: the naive "
+            "4-bit loader reads a local safetensors folder (use library.load_4bit for a hub id)"
+        )
+    return [single]
+
+
+def _place(model: nn.Module, name: str, tensor: torch.Tensor, quantized: dict, args: tuple) -> None:
+    """Put one checkpoint tensor into the meta model: a quantizable linear weight becomes a
+    Linear4bit (codes only); anything else becomes the module's float parameter or buffer."""
+    module_name, _, attr = name.rpartition(".")
+    if module_name in quantized and attr == "weight":
+        shell = model.get_submodule(module_name)
+        linear = nn.Linear(shell.in_features, shell.out_features, bias=False, device="meta")
+        linear.weight = nn.Parameter(tensor, requires_grad=False)
+        layer = Linear4bit.from_linear(linear, *args)  # the float weight dies with `linear`
+        layer.bias = shell.bias  # meta until its own tensor arrives
+        _replace(model, module_name, layer)
+    else:
+        set_module_tensor_to_device(model, name, tensor.device, value=tensor)
+
+
+@torch.no_grad()
 def load_4bit(
     model_id: str | Path, compute_dtype: torch.dtype, double_quant: bool = True
 ) -> PreTrainedModel:
-    """Load a causal LM in ``compute_dtype`` and quantize its linear layers to NF4.
+    """Build the model on the meta device, then quantize it tensor by tensor as it loads.
 
-    Unlike a bitsandbytes load, the whole model passes through memory in full precision once:
-    fine for the course's models, not for one that only fits in 4 bits.
+    Each tensor is read from its safetensors shard (memory-mapped: one tensor at a time in host
+    RAM, never a whole shard or state dict), moved to the GPU when there is one, and, if it is
+    the weight of a quantizable linear layer, turned into NF4 codes at once. So the full-precision
+    model never exists, in host or GPU memory: what bitsandbytes' load through transformers
+    achieves too. Needs a local folder (the course's models are downloaded or built first).
 
     Returns:
         The model in eval mode, on the GPU when there is one.
     """
-    model = AutoModelForCausalLM.from_pretrained(
-        model_id, dtype=compute_dtype, trust_remote_code=False
-    )
-    if torch.cuda.is_available():
-        model.to("cuda")  # quantize on the GPU: faster, and the codes are the same
-    return quantize_model(model, compute_dtype, double_quant).eval()
+    model_dir = Path(model_id)
+    files = _shard_files(model_dir)  # checked before anything is built
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
+    with init_empty_weights():  # parameters on "meta": shapes, no memory
+        model = AutoModelForCausalLM.from_config(config, dtype=compute_dtype)
+    quantized = set(quantizable_linears(model))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    expected = set(model.state_dict())
+    for path in files:
+        with safe_open(path, framework="pt", device="cpu") as shard:
+            for name in shard.keys():  # noqa: SIM118 (safe_open is not a dict)
+                if name not in expected:
+                    raise ValueError(f"{path}: tensor {name!r} is not a parameter of this model")
+                tensor = shard.get_tensor(name).to(device, compute_dtype)
+                _place(model, name, tensor, quantized, (compute_dtype, double_quant))
+                del tensor
+    model.tie_weights()  # a tied head points at the loaded embeddings
+    missing = [n for n, t in model.state_dict().items() if t.is_meta]
+    if missing:
+        raise ValueError(f"{model_dir}: no tensor for {missing[:5]} ({len(missing)} in all)")
+    for layer in model.modules():
+        if isinstance(layer, Linear4bit) and layer.bias is not None:
+            layer.bias.requires_grad_(False)  # frozen, as from_linear leaves it
+    model.is_loaded_in_4bit = True
+    return model.to(device).eval()  # moves the buffers built at init (rotary frequencies)
 
 
 def prepare_for_kbit_training(
@@ -175,8 +232,11 @@ def prepare_for_kbit_training(
     """The steps of peft's ``prepare_model_for_kbit_training``, written out.
 
     1. Freeze every base parameter: only adapters will train.
-    2. Cast the float parameters that are fp16/bf16 (embeddings, norms, head) to fp32: RMSNorm
-       sums squares, which overflow fp16's 65504 easily, and these layers are small.
+    2. Cast every fp16/bf16 parameter that is not quantized (embeddings, norms, head, biases)
+       to fp32, as peft does (``peft/utils/other.py``). Not for RMSNorm's sake: transformers'
+       RMSNorm already squares and averages in fp32. The reason is precision: the parts left
+       outside the 4-bit layers then compute and accumulate in fp32, which keeps training under
+       fp16 stable. Cost: 2 more bytes per non-quantized parameter.
     3. Make the embeddings' output require grad: a checkpointed block recomputed with the
        reentrant implementation only back-propagates if one of its inputs requires grad.
     4. Optionally trade compute for memory with gradient checkpointing (transformers'
