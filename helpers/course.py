@@ -23,6 +23,7 @@ from helpers.paths import CHAPTERS_DIR, REPO_ROOT, build_dir
 from helpers.report import load_results, results_path
 
 KERNEL = "python3"
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 
 
 def chapters(names: list[str] | None = None) -> list[Path]:
@@ -68,6 +69,10 @@ def strip_metadata(nb) -> None:
     for cell in nb.cells:
         for key in ("papermill", "execution"):
             cell.metadata.pop(key, None)
+        # A widget's stored output is its first frame (a progress bar at 0 %) once its state
+        # is gone: drop it. Every widget in the course has a static plot or print beside it.
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.outputs if WIDGET_MIME not in o.get("data", {})]
         _relative_paths(cell)
 
 
