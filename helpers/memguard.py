@@ -40,13 +40,25 @@ from helpers.paths import CHAPTERS_DIR, REPO_ROOT, TINY_MODEL_DIR, build_dir
 ENV = "COURSE_MEMGUARD"
 # Memory a card offers (GiB, as torch reports it): a T4 shows about 14.7 GiB on Colab and
 # Kaggle; the 4 GB profile is a GTX 1650-class card; gpu-bf16 is declared for 12 GB and up.
-CARD_GIB = {"t4": 14.7, "t4-8b": 14.7, "gpu-4gb": 4.0, "gpu-bf16": 12.0}
+# A P100 has 16 GB (about 15.9 GiB); t4x2 is planned per GPU, one T4 each.
+CARD_GIB = {
+    "t4": 14.7, "t4-8b": 14.7, "t4x2": 14.7, "p100": 15.9, "gpu-4gb": 4.0, "gpu-bf16": 12.0,
+}  # fmt: skip
 # Profiles a chapter does not support: it stops at its first cell with a message naming the
 # profile that works (README, "What runs where"). Skipped by the guard, with the reason.
 UNSUPPORTED = {
     chapter: {"t4-8b": "the chapter also loads the 7B model unquantized; it stops on t4-8b"}
     for chapter in ("01_quantization", "02_lora", "05_evaluation")
 }
+UNSUPPORTED["03_qlora"] = {
+    "t4-8b": "not predicted: on t4-8b the chapter takes its QLoRA-only path (the unquantized "
+    "model does not fit), which the tiny run does not execute; never run on a GPU"
+}
+UNSUPPORTED["06_deploy"] = {
+    name: "the GGUF export handles the Llama architecture only; it stops on GPU profiles"
+    for name in ("t4", "t4-8b", "t4x2", "p100", "gpu-4gb", "gpu-bf16")
+}
+UNSUPPORTED["07_two_gpus"] = {"t4-8b": "the chapter plans and runs t4x2 (1.5B); it stops on t4-8b"}
 CAVEAT = "CPU-calibrated estimate, not yet measured on a GPU"
 # helpers.models.load_model marks a model it loads in the profile's own precision (no explicit
 # load_in_4bit) with this attribute: on the tiny profile it is unquantized, on a 4-bit GPU
@@ -359,7 +371,8 @@ def evaluate(data: dict, profiles: dict | None = None) -> list[Row]:
     profiles = profiles or PROFILES
     rows = []
     for chapter in sorted(data):
-        cells, unsupported = data[chapter]["cells"], data[chapter]["unsupported"]
+        cells = data[chapter]["cells"]
+        unsupported = {**UNSUPPORTED.get(chapter, {}), **data[chapter]["unsupported"]}
         for name, profile in profiles.items():
             if name == "tiny":
                 continue

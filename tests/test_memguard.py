@@ -77,7 +77,7 @@ def test_check_command_exits_1_with_a_table(tmp_path, capsys, monkeypatch):
     from helpers.report import load_results
 
     peaks = load_results(tmp_path / "results.json")["02_lora"]["predicted_peak_gib"]
-    assert set(peaks) == {"t4", "gpu-4gb", "gpu-bf16"}  # t4-8b skipped
+    assert set(peaks) == {"t4", "t4x2", "p100", "gpu-4gb", "gpu-bf16"}  # t4-8b skipped
     # no measurements at all is an error, not a pass
     assert memguard.main(["check", str(tmp_path / "missing.json")]) == 2
 

@@ -9,7 +9,7 @@ import torch
 from gguf import GGMLQuantizationType
 from gguf import quants as gguf_quants
 
-from .naive import BLOCK_SIZE, BYTES_PER_BLOCK, _split, bits_per_weight
+from .naive import BLOCK_SIZE, BYTES_PER_BLOCK, _check_weight, _split, bits_per_weight
 
 __all__ = [
     "BLOCK_SIZE",
@@ -23,13 +23,7 @@ __all__ = [
 
 
 def _quantize(weight: torch.Tensor, qtype: GGMLQuantizationType) -> torch.Tensor:
-    if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
-        raise TypeError(f"weight must be a float tensor, got {type(weight).__name__}")
-    if weight.ndim < 1 or weight.shape[-1] % BLOCK_SIZE:
-        raise ValueError(
-            f"weight's last dimension must be a multiple of {BLOCK_SIZE}, got shape "
-            f"{tuple(weight.shape)}"
-        )
+    _check_weight(weight)
     array = weight.detach().to(torch.float32).numpy()
     return torch.from_numpy(np.ascontiguousarray(gguf_quants.quantize(array, qtype)))
 

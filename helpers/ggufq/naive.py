@@ -24,8 +24,8 @@ BLOCK_SIZE = 32  # values per block, both types
 BYTES_PER_BLOCK = {"Q8_0": 2 + 32, "Q4_0": 2 + 16}
 
 
-def _blocks(weight: torch.Tensor) -> torch.Tensor:
-    """(rows, cols) float -> (rows * cols / 32, 32) fp32 blocks, checking the shape."""
+def _check_weight(weight: torch.Tensor) -> None:
+    """A float tensor whose last dimension is whole blocks (both twins check this)."""
     if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
         raise TypeError(f"weight must be a float tensor, got {type(weight).__name__}")
     if weight.ndim < 1 or weight.shape[-1] % BLOCK_SIZE:
@@ -33,6 +33,11 @@ def _blocks(weight: torch.Tensor) -> torch.Tensor:
             f"weight's last dimension must be a multiple of {BLOCK_SIZE}, got shape "
             f"{tuple(weight.shape)}"
         )
+
+
+def _blocks(weight: torch.Tensor) -> torch.Tensor:
+    """(rows, cols) float -> (rows * cols / 32, 32) fp32 blocks, checking the shape."""
+    _check_weight(weight)
     return weight.detach().to(torch.float32).reshape(-1, BLOCK_SIZE)  # (n_blocks, 32)
 
 
