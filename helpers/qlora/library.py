@@ -9,6 +9,8 @@ References: transformers' bitsandbytes guide
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -158,6 +160,24 @@ def base_bytes(model: nn.Module) -> int:
 
 
 @torch.no_grad()
+def dequantize(model: PreTrainedModel) -> PreTrainedModel:
+    """Every 4-bit layer of a transformers model -> ``nn.Linear`` in the model's dtype
+    (transformers' ``dequantize``, which logs the dtype once: silenced, the course says it).
+
+    Returns:
+        The same model, now unquantized.
+    """
+    bnb_log = logging.getLogger("transformers.integrations.bitsandbytes")
+    level = bnb_log.level
+    bnb_log.setLevel(logging.ERROR)
+    try:
+        model.dequantize()
+    finally:
+        bnb_log.setLevel(level)
+    model.is_loaded_in_4bit = False
+    return model
+
+
 def merge_and_dequantize(model: PeftModel) -> PreTrainedModel:
     """The right merge: take the adapter out, dequantize the base (transformers'
     ``dequantize``), put the adapter back, ``merge_and_unload``.
@@ -172,9 +192,7 @@ def merge_and_dequantize(model: PeftModel) -> PreTrainedModel:
         raise ValueError("No 4-bit layer under the adapter: is this a QLoRA model?")
     dtype = layers[0].compute_dtype  # the merged model runs in it (fp16 on a T4)
     config, adapter = model.peft_config["default"], get_peft_model_state_dict(model)
-    base = model.unload()  # the 4-bit base, LoRA layers removed
-    base.dequantize()  # every Linear4bit -> nn.Linear in the model's dtype
-    base.is_loaded_in_4bit = False
+    base = dequantize(model.unload())  # the 4-bit base, LoRA layers removed, in float
     merged = get_peft_model(base, config)
     set_peft_model_state_dict(merged, adapter)
     return merged.merge_and_unload().to(dtype)
@@ -183,5 +201,10 @@ def merge_and_dequantize(model: PeftModel) -> PreTrainedModel:
 @torch.no_grad()
 def merge_into_4bit(model: PeftModel) -> PreTrainedModel:
     """The wrong merge: peft's ``merge_and_unload`` on a 4-bit base dequantizes each weight,
-    adds the update, and quantizes the sum back to NF4 (``peft/tuners/lora/bnb.py``)."""
-    return lora._check_peft(model).merge_and_unload()
+    adds the update, and quantizes the sum back to NF4 (``peft/tuners/lora/bnb.py``).
+
+    peft warns that this "may get different generations due to rounding errors"; the warning is
+    silenced here because the chapters measure by how much instead."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Merge lora module to 4-bit")
+        return lora._check_peft(model).merge_and_unload()
