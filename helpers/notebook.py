@@ -20,11 +20,28 @@ from pathlib import Path
 
 from helpers.paths import CHAPTERS_DIR, PACKAGE_DIR
 
-# The one place that says where the course lives and which version a notebook fetches.
+# The one place that says where the course lives and which version a notebook fetches: the
+# set-up cell, every launch badge (chapters, workbook/, README) and the website derive from these
+# two. A fork changes them here, then runs `python -m helpers.notebook sync` and
+# `python -m helpers.workbook sync`.
 COURSE_REPO_URL = "https://github.com/budget-finetuning/course"
 COURSE_REF = "v0.1.0"  # a tag or commit of COURSE_REPO_URL
 COURSE_DIR = "budget-finetuning-course"  # the folder the set-up cell fetches into
-BINDER_URL = "https://mybinder.org/v2/gh/budget-finetuning/course/" + COURSE_REF
+_GITHUB = "https://github.com/"
+if not COURSE_REPO_URL.startswith(_GITHUB) or COURSE_REPO_URL.count("/") != 4:
+    raise ValueError(f"COURSE_REPO_URL={COURSE_REPO_URL!r}: expected https://github.com/OWNER/NAME")
+REPO_SLUG = COURSE_REPO_URL.removeprefix(_GITHUB)  # "owner/name", as Colab and Binder want it
+BINDER_URL = f"https://mybinder.org/v2/gh/{REPO_SLUG}/{COURSE_REF}"
+# Badge images, as each service publishes them.
+BADGE_IMAGES = {
+    "colab": ("Open in Colab", "https://colab.research.google.com/assets/colab-badge.svg"),
+    "kaggle": ("Open in Kaggle", "https://kaggle.com/static/images/open-in-kaggle.svg"),
+    "binder": ("Open in Binder", "https://mybinder.org/badge_logo.svg"),
+}
+# Kaggle's import link (kaggle.com/kernels/welcome?src=...) documents no accelerator parameter;
+# the accelerator IDs Kaggle documents ("NvidiaTeslaT4" = GPU T4 x2) belong to `kaggle kernels
+# push` (kernel-metadata.json's machine_shape), not to this link. So the badge cannot preselect
+# the T4: a learner picks Settings > Accelerator > "GPU T4 x2" after opening the notebook.
 # What a Colab or Kaggle image may lack or have too old, at the versions the course's pinned
 # environment runs; torch is never installed or upgraded here.
 TESTED_VERSIONS = {
@@ -250,18 +267,40 @@ def setup_cells(nb) -> list:
     ]
 
 
-def badges(chapter: str) -> str:
-    """The launch badges (Colab, Kaggle, Binder) for a chapter file name, as one markdown line."""
-    repo = COURSE_REPO_URL.removeprefix("https://github.com/")
-    nb_path = f"chapters/{chapter}"
-    colab = f"https://colab.research.google.com/github/{repo}/blob/{COURSE_REF}/{nb_path}"
-    kaggle = f"https://kaggle.com/kernels/welcome?src={COURSE_REPO_URL}/blob/{COURSE_REF}/{nb_path}"
-    binder = f"{BINDER_URL}?labpath={nb_path}"
-    return (
-        f"[![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)]({colab}) "
-        f"[![Open in Kaggle](https://kaggle.com/static/images/open-in-kaggle.svg)]({kaggle}) "
-        f"[![Open in Binder](https://mybinder.org/badge_logo.svg)]({binder})"
-    )
+def badge_urls(chapter: str, folder: str = "chapters") -> dict[str, str]:
+    """Where each launch badge of a notebook points, from COURSE_REPO_URL and COURSE_REF.
+
+    Args:
+        chapter: the notebook's file name, e.g. ``"02_lora.ipynb"``.
+        folder: the folder that holds it in the repository, ``"chapters"`` or ``"workbook"``.
+    Returns:
+        ``{"colab": url, "kaggle": url, "binder": url}``, each opening ``folder/chapter`` at
+        COURSE_REF.
+    Raises:
+        ValueError: ``chapter`` is not a bare ``.ipynb`` file name, or ``folder`` is empty.
+    """
+    if "/" in chapter or not chapter.endswith(".ipynb") or not folder.strip("/"):
+        raise ValueError(
+            f"badge_urls(chapter={chapter!r}, folder={folder!r}): expected a notebook file name "
+            "such as '02_lora.ipynb' and a folder such as 'chapters'"
+        )
+    nb_path = f"{folder.strip('/')}/{chapter}"
+    return {
+        "colab": f"https://colab.research.google.com/github/{REPO_SLUG}/blob/{COURSE_REF}/{nb_path}",
+        "kaggle": f"https://kaggle.com/kernels/welcome?src={COURSE_REPO_URL}/blob/{COURSE_REF}/{nb_path}",
+        "binder": f"{BINDER_URL}?labpath={nb_path}",
+    }
+
+
+def badges(chapter: str, folder: str = "chapters") -> str:
+    """The launch badges (Colab, Kaggle, Binder) for a notebook, as one markdown line.
+
+    Args:
+        chapter: the notebook's file name, e.g. ``"02_lora.ipynb"``.
+        folder: the folder that holds it, ``"chapters"`` or ``"workbook"``.
+    """
+    urls = badge_urls(chapter, folder)
+    return " ".join(f"[![{BADGE_IMAGES[k][0]}]({BADGE_IMAGES[k][1]})]({urls[k]})" for k in urls)
 
 
 def _sync_badges(nb, chapter: str) -> bool:
