@@ -75,3 +75,26 @@ versions: $(STAMP)
 
 clean:
 	rm -rf build
+
+# Workshops (README "Running a workshop"): a room's models and wheels into one folder, checked.
+#   make workshop-prepare DIR=/media/usb/course PROFILES=t4,gpu-4gb [PLATFORM=win_amd64]
+#       [PYTHON_VERSION=3.11] [WITH_TORCH=1]
+#   make workshop-check DIR=...     every file of the folder's manifest present, sha256 equal
+#   make timetable                  measured chapter times per platform ("not measured" if none)
+#   make workbook                   regenerate workbook/ from chapters/
+.PHONY: workshop-prepare workshop-check timetable workbook
+workshop-prepare: $(STAMP)
+	$(if $(DIR),,$(error DIR=... is required))
+	$(BIN)/python -m helpers.workshop prepare "$(DIR)" --profiles "$(or $(PROFILES),t4)" \
+		$(if $(PLATFORM),--platform $(PLATFORM)) $(if $(PYTHON_VERSION),--python-version $(PYTHON_VERSION)) \
+		$(if $(WITH_TORCH),--with-torch)
+
+workshop-check: $(STAMP)
+	$(if $(DIR),,$(error DIR=... is required))
+	$(BIN)/python -m helpers.workshop check "$(DIR)"
+
+timetable: $(STAMP)
+	$(BIN)/python -m helpers.workshop timetable
+
+workbook: $(STAMP)
+	$(BIN)/python -m helpers.workbook sync

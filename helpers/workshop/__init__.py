@@ -1,0 +1,37 @@
+"""Prepare a room for a workshop: every model and wheel on one folder a USB stick can carry,
+a check of that folder, and a timetable of measured chapter run times.
+
+    python -m helpers.workshop prepare DIR --profiles t4,gpu-4gb [--platform TAG] [--with-torch]
+    python -m helpers.workshop check DIR
+    python -m helpers.workshop measure [--label NAME] [CHAPTER ...]
+    python -m helpers.workshop timetable [TIMINGS.json ...]
+
+What ``prepare`` writes into DIR:
+
+    hf/hub/models--ORG--NAME/snapshots/REVISION/...  each profile's model and tokenizer, in the
+                                                    hub's cache layout, as plain files (no links)
+    hf/hub/models--ORG--NAME/refs/main               written once that model is complete
+    wheels/PLATFORM-pyVERSION/*.whl                  the course's dependencies (torch if asked)
+    .partial/                                        downloads in progress; prepare resumes them
+    workshop-manifest.json                           written last: the sha256 of every file
+
+``HF_HOME=DIR/hf HF_HUB_OFFLINE=1`` then makes every profile's hub id load from the folder.
+"""
+
+from helpers.workshop.manifest import MANIFEST, check_folder
+from helpers.workshop.models import FetchError, HubSource, RemoteFile, prepare_models
+from helpers.workshop.timetable import load_timings, timetable
+from helpers.workshop.wheels import WheelhouseError, prepare_wheelhouse
+
+__all__ = [
+    "MANIFEST",
+    "FetchError",
+    "HubSource",
+    "RemoteFile",
+    "WheelhouseError",
+    "check_folder",
+    "load_timings",
+    "prepare_models",
+    "prepare_wheelhouse",
+    "timetable",
+]
