@@ -272,3 +272,18 @@ def test_prepare_with_wheels_lists_them_in_the_manifest(tmp_path, capsys):
     assert any("--find-links" in line for line in manifest["usage"])
     shutil.rmtree(tmp_path / "wheels")
     assert main(["check", str(tmp_path)]) == 1
+
+
+def test_a_room_platform_names_every_manylinux_tag_pip_must_accept():
+    from helpers.workshop.wheels import target_flags
+
+    flags = target_flags("linux-x86_64", "3.11")
+    # pip takes tags literally: most wheels are manylinux_2_17 even when the room has glibc 2.28+
+    assert "manylinux_2_17_x86_64" in flags and "manylinux_2_28_x86_64" in flags
+    assert flags.count("--platform") == len([f for f in flags if f.startswith("manylinux")])
+    assert target_flags("win_amd64,win32", None)[1:5] == [
+        "--platform",
+        "win_amd64",
+        "--platform",
+        "win32",
+    ]

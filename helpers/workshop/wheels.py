@@ -52,11 +52,30 @@ def requirements(extras: list[str], with_torch: bool, root: Path = PACKAGE_DIR.p
     return [r for r in reqs if with_torch or not TORCH_FAMILY.match(name.match(r).group(1))]
 
 
+# pip takes each --platform tag literally (manylinux_2_28 does not imply the older manylinux_2_17
+# wheels most packages ship), so a room's platform is a list of tags, newest first.
+ROOM_PLATFORMS = {
+    "linux-x86_64": [f"manylinux_2_{m}_x86_64" for m in range(35, 16, -1)]
+    + ["manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"],
+    "linux-aarch64": [f"manylinux_2_{m}_aarch64" for m in range(35, 16, -1)]
+    + ["manylinux2014_aarch64"],
+    "windows-x86_64": ["win_amd64"],
+    "macos-arm64": [f"macosx_{v}_0_arm64" for v in range(15, 10, -1)]
+    + [f"macosx_{v}_0_universal2" for v in range(15, 9, -1)],
+}
+
+
+def platform_tags(platform: str) -> list[str]:
+    """The wheel tags of a room platform: a name of ``ROOM_PLATFORMS`` or comma-separated tags."""
+    return ROOM_PLATFORMS.get(platform) or [t for t in platform.split(",") if t]
+
+
 def target_flags(platform: str | None, python_version: str | None) -> list[str]:
     """pip's flags for another platform or Python (none: this machine's)."""
     flags = ["--only-binary=:all:"]
     if platform:
-        flags += ["--platform", platform, "--implementation", "cp"]
+        flags += [a for tag in platform_tags(platform) for a in ("--platform", tag)]
+        flags += ["--implementation", "cp"]
     if python_version:
         flags += ["--python-version", python_version]
     return flags
@@ -98,8 +117,8 @@ def prepare_wheelhouse(
 
     Args:
         dest: the workshop folder.
-        platform: a wheel platform tag (``manylinux_2_28_x86_64``, ``win_amd64``,
-            ``macosx_11_0_arm64``); None for this machine's.
+        platform: a name of ``ROOM_PLATFORMS`` (``linux-x86_64``, ``windows-x86_64``,
+            ``macos-arm64``) or comma-separated wheel tags; None for this machine's.
         python_version: the room's Python, e.g. ``"3.11"``; None for this interpreter's.
         extras: pyproject.toml extras to include (``lab`` brings JupyterLab).
         with_torch: include torch and its CUDA libraries.
@@ -112,7 +131,7 @@ def prepare_wheelhouse(
     """
     dest, flags = Path(dest), target_flags(platform, python_version)
     version = python_version or f"{sys.version_info.major}.{sys.version_info.minor}"
-    tag = f"{platform or 'this-machine'}-py{version}"
+    tag = f"{(platform or 'this-machine').split(',')[0]}-py{version}"
     wheels = resolve(requirements(list(extras), with_torch), flags, with_torch, run)
     staging = dest / PARTIAL / "wheels" / tag
     staging.mkdir(parents=True, exist_ok=True)
