@@ -94,12 +94,20 @@ def prepare(args, source: Source | None = None, run=None) -> int:
 
 
 def main(argv: list[str] | None = None, source: Source | None = None, run=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m helpers.workshop")
+    parser = argparse.ArgumentParser(
+        prog="python -m helpers.workshop",
+        description="Prepare a room offline, check the folder, print measured chapter times.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("prepare", help="models and wheels for a room, into one folder")
     p.add_argument("dir", type=Path)
     p.add_argument("--profiles", required=True, help="comma-separated, e.g. t4,gpu-4gb")
-    p.add_argument("--platform", action="append", help="wheel platform tag; repeat for several")
+    p.add_argument(
+        "--platform",
+        action="append",
+        help="the room's platform: linux-x86_64, linux-aarch64, windows-x86_64, macos-arm64, "
+        "or comma-separated wheel tags; repeat for several (default: this machine's)",
+    )
     p.add_argument("--python-version", help="the room's Python, e.g. 3.11")
     p.add_argument("--extras", nargs="*", default=["lab"], help="pyproject extras (default lab)")
     p.add_argument("--with-torch", action="store_true", help="also torch and its CUDA wheels")
@@ -116,7 +124,7 @@ def main(argv: list[str] | None = None, source: Source | None = None, run=None) 
     args = parser.parse_args(argv)
     try:
         return _dispatch(args, source, run)
-    except (FetchError, WheelhouseError, ValueError) as err:
+    except (FetchError, WheelhouseError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
 

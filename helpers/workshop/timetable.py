@@ -135,6 +135,8 @@ def measure(label: str, profile: str, names: list[str] | None, out: Path) -> Pat
         except Exception as err:  # noqa: BLE001 - a failed chapter is recorded as failed
             status = f"failed: {type(err).__name__}"
         data[path.stem] = {"wall_s": round(time.perf_counter() - start, 1), "status": status}
+        if hasattr(os, "getloadavg"):  # how busy the machine was while it ran
+            data["_platform"]["load_at_end"] = round(os.getloadavg()[0], 2)
         write_json_atomically(out, data)
         print(f"{path.stem}: {data[path.stem]['wall_s']} s {status}")
     return out
