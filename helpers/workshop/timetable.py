@@ -2,8 +2,9 @@
 
 A timing file has the layout of ``build/results.json`` (``{chapter: {metric: value}}``): each
 measured chapter carries ``wall_s`` (wall seconds, kernel start included) and ``status``, and
-``_platform`` says where and how it was measured. ``measure`` writes one; the course's
-committed measurements live in ``data/timings/``. A platform without a file, or a chapter
+``_platform`` says where and how it was measured. The file's name is the platform's column
+(``colab-t4.json``). ``measure`` writes one; the course's committed measurements live in
+``data/timings/``. A platform without a file, or a chapter
 without ``wall_s``, is printed as "not measured": nothing is estimated.
 """
 
@@ -16,7 +17,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from helpers.paths import CHAPTERS_DIR, DATA_DIR, build_dir
+from helpers.paths import CHAPTERS_DIR, DATA_DIR, REPO_ROOT, build_dir
 from helpers.workshop.manifest import write_json_atomically
 
 # The machines the course is written for (DESIGN.md), always shown as columns.
@@ -39,7 +40,7 @@ def default_timing_files() -> list[Path]:
 def load_timings(paths: list[Path]) -> dict[str, dict]:
     """Read timing files: ``{label: {"about": {...}, "chapters": {stem: (seconds, status)}}}``.
 
-    The label is ``_platform.label`` when present, else the file's stem.
+    The label is the file's name without ``.json``.
 
     Raises:
         ValueError: a file that is not JSON, or a ``wall_s`` that is not a number (names both).
@@ -58,8 +59,10 @@ def load_timings(paths: list[Path]) -> dict[str, dict]:
             if not isinstance(metrics["wall_s"], int | float) or metrics["wall_s"] < 0:
                 raise ValueError(f"{path}: {stem}.wall_s={metrics['wall_s']!r} is not seconds")
             chapters[stem] = (float(metrics["wall_s"]), metrics.get("status", "ok"))
-        label = about.get("label") or Path(path).stem
-        found[label] = {"about": about | {"file": str(path)}, "chapters": chapters}
+        shown = Path(path).resolve()
+        if shown.is_relative_to(REPO_ROOT):
+            shown = shown.relative_to(REPO_ROOT)
+        found[Path(path).stem] = {"about": about | {"file": str(shown)}, "chapters": chapters}
     return found
 
 
@@ -98,15 +101,27 @@ def timetable(stems: list[str], timings: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def machine_about(label: str, profile: str) -> dict:
-    """Where a measurement is taken: CPU, cores, GPU, torch, load, date."""
+def cpu_name() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_about(profile: str) -> dict:
+    """Where a measurement is taken: CPU, cores, GPU, torch, profile, load, date."""
     import torch
+
+    from helpers.course import profile_label
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     return {
-        "label": label,
-        "profile": profile,
-        "cpu": platform.processor() or platform.machine(),
+        "profile": profile_label(profile),
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "gpu": gpu,
         "torch": torch.__version__,
@@ -120,12 +135,17 @@ def measure(label: str, profile: str, names: list[str] | None, out: Path) -> Pat
 
     The file is rewritten after every chapter, so an interrupted run keeps what it measured.
 
+    Args:
+        label: the platform's name (the executed copies go to ``build/timing-runs/LABEL``).
+        profile: the profile each chapter runs, ``"auto"`` as ``make course`` does.
+        names: chapter stems or prefixes (None: every chapter).
+        out: the timing file; its name is the timetable's column.
     Returns:
         The timing file written.
     """
     from helpers.course import chapters, execute
 
-    data = {"_platform": machine_about(label, profile)}
+    data = {"_platform": machine_about(profile)}
     run_dir = build_dir() / "timing-runs" / label
     run_dir.mkdir(parents=True, exist_ok=True)
     for path in chapters(names):
