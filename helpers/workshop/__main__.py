@@ -24,7 +24,7 @@ from helpers.workshop.timetable import (
     measure,
     timetable,
 )
-from helpers.workshop.wheels import WheelhouseError, prepare_wheelhouse
+from helpers.workshop.wheels import WheelhouseError, prepare_wheelhouse, wheelhouse_tag
 
 
 def profile_models(names: list[str]) -> dict[str, list[str]]:
@@ -74,7 +74,7 @@ def prepare(args, source: Source | None = None, run=None) -> int:
             dest, platform, args.python_version, tuple(args.extras), args.with_torch, **kwargs
         )
         files |= wheel_files
-        tags.append(Path(next(iter(wheel_files), "wheels/none/x")).parent.name)
+        tags.append(wheelhouse_tag(platform, args.python_version))
     shutil.rmtree(dest / PARTIAL, ignore_errors=True)
     usage = usage_lines(dest, listed, tags)
     write_json_atomically(

@@ -105,6 +105,12 @@ def resolve(reqs: list[str], flags: list[str], with_torch: bool, run: Runner) ->
     return wheels
 
 
+def wheelhouse_tag(platform: str | None, python_version: str | None) -> str:
+    """The wheelhouse's folder name under ``wheels/``, e.g. ``linux-x86_64-py3.11``."""
+    version = python_version or f"{sys.version_info.major}.{sys.version_info.minor}"
+    return f"{(platform or 'this-machine').split(',')[0]}-py{version}"
+
+
 def prepare_wheelhouse(
     dest: str | Path,
     platform: str | None = None,
@@ -130,8 +136,7 @@ def prepare_wheelhouse(
             differs from pip's report; nothing unverified is left outside ``dest/.partial``.
     """
     dest, flags = Path(dest), target_flags(platform, python_version)
-    version = python_version or f"{sys.version_info.major}.{sys.version_info.minor}"
-    tag = f"{(platform or 'this-machine').split(',')[0]}-py{version}"
+    tag = wheelhouse_tag(platform, python_version)
     wheels = resolve(requirements(list(extras), with_torch), flags, with_torch, run)
     staging = dest / PARTIAL / "wheels" / tag
     staging.mkdir(parents=True, exist_ok=True)
