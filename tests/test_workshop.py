@@ -161,6 +161,7 @@ def test_without_the_hub_prepare_names_each_model_and_writes_nothing(tmp_path):
     assert not dest.exists()
 
 
+@pytest.mark.slow
 def test_an_offline_run_loads_the_profile_model_by_hub_id_from_the_folder(tmp_path):
     prepare(tmp_path, FolderSource(TINY_MODEL_DIR))
     code = (
