@@ -6,7 +6,8 @@ plain Python: it finds the course (a clone around the notebook) or fetches it at
 ``prepare()`` here, which installs what Colab or Kaggle lacks or has too old (never replacing
 torch) and checks that torch can use the GPU. ``python -m helpers.notebook sync`` writes
 ``SETUP_CELL`` into every chapter, the launch badges into each first markdown cell and a
-``P100_FIX`` line into each parameters cell; a test checks that every chapter is in sync.
+``P100_FIX`` line into each parameters cell, then regenerates ``workbook/`` from the chapters
+(``helpers.workbook``); a test checks that every chapter is in sync.
 """
 
 from __future__ import annotations
@@ -352,3 +353,6 @@ if __name__ == "__main__":
     if sys.argv[1:] != ["sync"]:
         sys.exit("usage: python -m helpers.notebook sync")
     print("\n".join(sync()) or "every chapter's set-up cell is up to date")
+    from helpers import workbook  # the workbook copies follow the chapters they were made from
+
+    print("\n".join(workbook.sync()) or "every workbook notebook is up to date")
