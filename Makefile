@@ -86,4 +86,4 @@ site: $(STAMP)
 
 # The site in the system's headless Chromium: console errors, plots, links, badges.
 site-check: site
-	$(TEST_ENV) $(BIN)/python -m pytest -p no:cacheprovider -q tests/test_site.py
+	COURSE_SITE_DIR=build/site $(TEST_ENV) $(BIN)/python -m pytest -p no:cacheprovider -q tests/test_site.py

@@ -126,6 +126,9 @@ def serve(directory: Path) -> http.server.ThreadingHTTPServer:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> Path:
+    """The site to test: $COURSE_SITE_DIR when set (make site-check), else a fresh build."""
+    if os.environ.get("COURSE_SITE_DIR"):
+        return Path(os.environ["COURSE_SITE_DIR"]).resolve()
     return site.build(tmp_path_factory.mktemp("site") / "html")
 
 
