@@ -10,6 +10,7 @@ chapter's first cell, where ``python -m helpers.notebook sync`` writes them.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -76,6 +77,14 @@ def write_source(src: Path, chapters: list[Path], readme: str) -> None:
         shutil.copy2(path, src / "chapters" / path.name)
 
 
+def readable_messages(text: str, src: Path) -> str:
+    """Sphinx's messages with the course's paths: ``chapters/NN_x.ipynb, cell 3`` for
+    ``<src>/chapters/NN_x.ipynb:30002`` (MyST-NB numbers a notebook's lines cell * 10000 + line).
+    """
+    text = text.replace(f"{src}{os.sep}", "")
+    return re.sub(r"\.ipynb:(\d+)", lambda m: f".ipynb, cell {int(m[1]) // 10000}", text)
+
+
 def build(out: Path = DEFAULT_OUT, chapters: list[Path] | None = None, quiet: bool = True) -> Path:
     """Build the site into ``out``; warnings (a broken link, a missing page) are errors.
 
@@ -104,7 +113,9 @@ def build(out: Path = DEFAULT_OUT, chapters: list[Path] | None = None, quiet: bo
         args += ["-q"] if quiet else []
         # A process of its own: Sphinx configures logging and warnings for the whole process.
         sphinx = [sys.executable, "-m", "sphinx", *args, str(src), str(html)]
-        if subprocess.run(sphinx, cwd=ROOT).returncode != 0:
+        done = subprocess.run(sphinx, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        sys.stderr.write(readable_messages(done.stderr, src))
+        if done.returncode != 0:
             raise RuntimeError("the site build failed: see Sphinx's messages above")
         shutil.rmtree(out, ignore_errors=True)
         html.rename(out)

@@ -96,6 +96,13 @@ def test_chapter_list_is_read_at_run_time(tmp_path):
     ]
 
 
+def test_build_messages_name_the_chapter_and_cell(tmp_path):
+    message = f"{tmp_path}/src/chapters/08_x.ipynb:30002: WARNING: target not found\n"
+    assert site.readable_messages(message, tmp_path / "src") == (
+        "chapters/08_x.ipynb, cell 3: WARNING: target not found\n"
+    )
+
+
 def test_failed_build_keeps_the_previous_site(tmp_path):
     out = tmp_path / "site"
     out.mkdir()
