@@ -16,6 +16,8 @@ extensions = [
     "myst_nb",
     # MathJax 3 copied into _static/mathjax (the default loads it from a CDN).
     "sphinx-mathjax-offline",
+    # .nojekyll: GitHub Pages would otherwise drop _static/ and _images/.
+    "sphinx.ext.githubpages",
 ]
 exclude_patterns = ["_build", "**.ipynb_checkpoints"]
 

@@ -139,6 +139,13 @@ def built(tmp_path_factory) -> Path:
     return site.build(tmp_path_factory.mktemp("site") / "html")
 
 
+def test_build_has_a_page_per_chapter_ready_for_static_hosting(built):
+    assert (built / "index.html").is_file()
+    assert (built / ".nojekyll").is_file()  # GitHub Pages keeps _static/ and _images/
+    for chapter in CHAPTERS:
+        assert (built / "chapters" / f"{chapter.stem}.html").is_file(), chapter.name
+
+
 @pytest.fixture(scope="module")
 def base_url(built):
     server = serve(built)
