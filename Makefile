@@ -3,6 +3,8 @@
 #   make test                                the whole test suite (what CI runs)
 #   make lab                                 JupyterLab on the course, chapters/ in view
 #   make doctor [PROFILE=...]                check this machine (against a profile)
+#   make site                                the course website in build/site (stored outputs)
+#   make site-check                          the site in headless Chromium (apt-get install chromium)
 #   make versions                            tests + two chapters at the lowest and newest
 #                                            versions pyproject.toml allows (venvs in build/)
 PYTHON ?= python3
@@ -98,3 +100,13 @@ timetable: $(STAMP)
 
 workbook: $(STAMP)
 	$(BIN)/python -m helpers.workbook sync
+
+# The course website from the chapters' stored outputs (never executed): build/site/index.html.
+.PHONY: site site-check
+site: $(STAMP)
+	$(BIN)/python -c "import myst_nb, playwright" 2>/dev/null || $(BIN)/pip install -q -e ".[site]"
+	$(BIN)/python -m helpers.site build build/site
+
+# The site in the system's headless Chromium: console errors, plots, links, badges.
+site-check: site
+	COURSE_SITE_DIR=build/site $(TEST_ENV) $(BIN)/python -m pytest -p no:cacheprovider -q tests/test_site.py
