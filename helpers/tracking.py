@@ -67,7 +67,10 @@ class Tracker:
     def finish(self) -> None:
         """Close the run: everything logged is in the SQLite file after this returns."""
         with contextlib.redirect_stdout(io.StringIO()):
-            self.run.finish()
+            if self.trackio.context_vars.current_run.get() is self.run:
+                self.trackio.finish()  # also clears trackio's current run (its atexit hook)
+            else:
+                self.run.finish()
 
     def history(self) -> dict[str, tuple[list[int], list[float]]]:
         """Each metric's ``(steps, values)``, read back from the stored file."""
