@@ -25,7 +25,8 @@ def _online(monkeypatch):
 
 
 def test_offline_mode_is_reported_not_raised(tiny, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _online(monkeypatch)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the only switch on
     model, tokenizer = tiny
     result = benchmark.run_benchmark(model, tokenizer, limit=2)
     assert result["status"] == "not reachable" and result["tasks"] == {}
