@@ -21,9 +21,10 @@ Which harness metric is which course number:
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -73,15 +74,18 @@ def _exchanges(dataset):
     return dataset.map(one, remove_columns=dataset.column_names)
 
 
-@contextmanager
+@contextlib.contextmanager
 def _quiet():
-    """The harness logs every step at INFO and warns that an in-memory model skips its loading
-    options (expected here): keep the learner's output to errors."""
+    """The harness logs every step at INFO, warns that an in-memory model skips its loading
+    options (expected here), and draws plain-text progress bars on stderr (as does ``datasets``
+    reading the file): calls on the course's files take seconds, so keep the learner's output
+    to errors, which are raised, not printed."""
     logger = logging.getLogger("lm_eval")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        yield
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
     finally:
         logger.setLevel(level)
 
