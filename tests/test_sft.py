@@ -87,3 +87,36 @@ def test_run_settings_are_checked(tiny_profile):
         SFTRun.from_profile(tiny_profile, lr=0)
     with pytest.raises(TypeError, match="max_step"):
         SFTRun.from_profile(tiny_profile, max_step=3)
+
+
+def test_trl_tokenizing_chat_records_also_trains_the_template_newline(tiny_profile, tmp_path):
+    """What the chapter warns about: given chat messages, TRL applies the chat template itself,
+    and this template's newline after the end-of-turn token is labelled too (one extra target
+    token per record), so the text form is what keeps the two tokenizations equal."""
+    from datasets import Dataset
+
+    model, tokenizer = load_model(tiny_profile)
+    records = list(load_task("train").select(range(4)))
+    chat = Dataset.from_list(
+        [
+            {
+                "prompt": [{"role": "user", "content": r["prompt"]}],
+                "completion": [{"role": "assistant", "content": r["completion"]}],
+            }
+            for r in records
+        ]
+    )
+    run = SFTRun.from_profile(tiny_profile, max_steps=1)
+    with sft_library.quiet_version_skew():
+        trainer = sft_library.SFTTrainer(
+            model=model,
+            args=sft_library.sft_config(run, str(tmp_path)),
+            train_dataset=chat,
+            processing_class=tokenizer,
+            peft_config=sft_library.lora_config(run),
+        )
+    newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    for record, row in zip(records, trainer.train_dataset, strict=True):
+        ours = sft_naive.encode_records(tokenizer, [record], run)[0]
+        assert row["input_ids"] == ours["input_ids"] + newline
+        assert row["labels"] == ours["labels"] + newline

@@ -5,9 +5,10 @@ Checked against trl 1.16: ``SFTConfig`` holds the run (``max_length``, ``complet
 trainer wrap the model with ``get_peft_model``. A prompt/completion dataset gets its labels set
 to -100 on the prompt (``completion_only_loss=True``, also TRL's default for that format).
 
-Three of ``SFTConfig``'s defaults differ from the course's loop and are set here: ``bf16=True``
-(35x slower on a CPU and not what the loop computes), ``gradient_checkpointing=True``, and a
-linear learning-rate decay (``lr_scheduler_type``); the course's loop keeps ``lr`` constant.
+Defaults that differ from the course's loop and are set here: ``bf16=True`` (35x slower on a
+CPU and not what the loop computes), ``gradient_checkpointing=True``, a linear learning-rate
+decay (the loop keeps ``lr`` constant), ``weight_decay=0.0`` (the loop's torch AdamW uses 0.01)
+and TRL's own shuffle (the records come in the loop's order, ``train_sampling_strategy``).
 """
 
 from __future__ import annotations
