@@ -65,7 +65,7 @@ def _newline_terms(model, tokenizer, path, limit) -> list[float]:
     harness adds to each choice's log-likelihood."""
     terms = []
     for item in read_multiple_choice(path, limit):
-        prompt = render_prompt(tokenizer, item.get("system"), item["question"])
+        prompt = render_prompt(tokenizer, None, item["question"])
         assert prompt.endswith("\n")
         head = tokenizer(prompt[:-1], add_special_tokens=False)["input_ids"]
         newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
