@@ -65,7 +65,7 @@ def _newline_terms(model, tokenizer, path, limit) -> list[float]:
     harness adds to each choice's log-likelihood."""
     terms = []
     for item in read_multiple_choice(path, limit):
-        prompt = render_prompt(tokenizer, item.get("system"), item["question"])
+        prompt = render_prompt(tokenizer, None, item["question"])
         assert prompt.endswith("\n")
         head = tokenizer(prompt[:-1], add_special_tokens=False)["input_ids"]
         newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
@@ -233,3 +233,12 @@ def test_readers_give_the_same_records_as_the_files():
         "answer": first[2]["content"],
     }
     assert read_generation(GEN_FILES[0], limit=1)[0]["system"] is None
+
+
+def test_library_leaves_the_random_state_alone(tiny):
+    model, tokenizer = tiny
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    library.evaluate_multiple_choice(model, tokenizer, MC_FILES[1], limit=2)
+    torch.testing.assert_close(torch.rand(3), expected)

@@ -122,6 +122,10 @@ def _run(model, tokenizer, config: dict, limit, adapter, batch_size: int) -> tup
             apply_chat_template=True,
             log_samples=True,
             bootstrap_iters=0,  # no standard errors: chapter 05 computes intervals itself
+            # zero-shot greedy scoring draws no random numbers: leave the learner's seeds alone
+            random_seed=None,
+            numpy_random_seed=None,
+            torch_random_seed=None,
         )
     name = config["task"]
     samples = sorted(out["samples"][name], key=lambda s: s["doc_id"])

@@ -64,9 +64,7 @@ def evaluate_multiple_choice(
     lls, correct, correct_norm = [], [], []
     with adapter_loaded(model, adapter) as scored:
         for item in items:
-            context = _ids(
-                tokenizer, render_prompt(tokenizer, item.get("system"), item["question"])
-            )
+            context = _ids(tokenizer, render_prompt(tokenizer, None, item["question"]))
             choices = [_ids(tokenizer, c) for c in item["choices"]]
             logprob, _ = chapter05.score_choices(scored, context, choices)  # (C,)
             picks = chapter05.mc_predictions(logprob, item["choices"])
