@@ -3,12 +3,19 @@
 A short message to the shop goes in; JSON comes out with what the customer wants done (the
 intent) and the two slots it needs, read off the words:
 
-    "Please cancel my order of 2 x kettle, it was for Friday."
-    -> {"action": "cancel", "product": "kettle", "quantity": 2}
+    "Can you cancel the 2 desk lamps I ordered on Friday?"
+    -> {"action": "cancel", "product": "desk lamp", "quantity": 2}
 
 Unlike the review tagger (data/task), which infers labels from the tone of a review, this is
 slot filling: the product name and the number are copied from the message (a weekday and an
 order number are there to be ignored), and the action is named by one of several verb phrases.
+
+The products are all "desk <thing>" on purpose. The tiny model's byte-level BPE splits a word
+after a space (`Ġlamp`) differently from the same word after the JSON's quote (`lamp`), so a
+one-word product would have to be mapped from one token to another, which the tiny model learns
+only after a few hundred steps. With a shared first word, the JSON's value starts with the same
+`desk` every time and its distinguishing word (` lamp`, ` fan`) is the same token in the message
+and in the answer: a copy, which it learns as fast as the quantity.
 
 Records are in the chat **messages** format (TRL's "conversational" format: a system turn, the
 customer's message, the assistant's JSON), where data/task is prompt/completion. Everything
@@ -37,32 +44,38 @@ SPLIT_SIZES = {"train": 1200, "valid": 120, "test": 120}
 SPLIT_SEEDS = {"train": 101, "valid": 202, "test": 303, "mc": 404}
 MC_SIZE = 120
 
-PRODUCTS = ("rain jacket", "desk lamp", "yoga mat", "backpack", "kettle", "blender")
+PRODUCTS = ("desk lamp", "desk chair", "desk fan", "desk mat", "desk clock", "desk heater")
 # {item}: the quantity and the product together, {day}: a weekday, {ref}: an order number
 TEMPLATES = {
     "order": [
-        "I would like to order {item}.",
-        "Please send me {item} by {day}.",
-        "Can I buy {item}? I need them for {day}.",
-        "Add {item} to a new order, please.",
-        "I want {item}, delivered on {day} if possible.",
+        "I'd like to order {item}.",
+        "Please order {item} for me.",
+        "Can I order {item} for {day}?",
+        "I want to buy {item}, delivered by {day} if possible.",
+        "Could you send me {item}?",
     ],
     "cancel": [
         "Please cancel my order of {item}.",
-        "I no longer need the {item} from order {ref}, cancel it please.",
-        "Cancel {item} from my last order, it was for {day}.",
-        "Stop the order {ref} for {item}, I changed my mind.",
+        "I no longer need {item}, please cancel them.",
+        "Can you cancel the {item} I ordered on {day}?",
+        "Please cancel order {ref}, the one for {item}.",
+        "I changed my mind, cancel {item} please.",
     ],
     "return": [
         "I want to return {item}.",
-        "How do I send back {item} I got on {day}?",
-        "I would like a refund for {item} from order {ref}.",
-        "The {item} arrived on {day} but I want to return it.",
+        "How do I return {item}?",
+        "I'd like to return {item} from order {ref} for a refund.",
+        "I want to return the {item} I got on {day}.",
+        "Can I send back {item} that arrived on {day}?",
     ],
 }
-ITEMS = ["{n} x {product}", "{n} of the {product}"]
 DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 OPENERS = ("", "", "Hi, ", "Hello, ", "Good morning, ")
+
+
+def item_text(quantity: int, product: str) -> str:
+    """The quantity and the product as a customer writes them: "1 kettle", "3 kettles"."""
+    return f"{quantity} {product}" + ("s" if quantity > 1 else "")
 
 
 def make_message(rng: random.Random) -> tuple[str, dict]:
@@ -72,13 +85,15 @@ def make_message(rng: random.Random) -> tuple[str, dict]:
         "product": rng.choice(PRODUCTS),
         "quantity": rng.choice(QUANTITIES),
     }
-    item = rng.choice(ITEMS).format(n=parse["quantity"], product=parse["product"])
+    item = item_text(parse["quantity"], parse["product"])
     text = rng.choice(TEMPLATES[parse["action"]]).format(
         item=item, day=rng.choice(DAYS), ref=f"#{rng.randint(1000, 9999)}"
     )
     opener = rng.choice(OPENERS)
-    if opener:
+    if opener and not (text.startswith("I ") or text.startswith("I'")):  # "I" stays capital
         text = opener + text[0].lower() + text[1:]
+    elif opener:
+        text = opener + text
     return text[0].upper() + text[1:], parse
 
 
