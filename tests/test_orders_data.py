@@ -72,3 +72,17 @@ def test_multiple_choice_answers_match_the_parse(script):
         gold = json.loads(record["messages"][2]["content"])[question["field"]]
         assert question["choices"][question["answer"]] == gold
         assert record["messages"][1]["content"] in question["question"]
+
+
+def test_the_answer_copies_the_products_distinguishing_token(script, tiny_tokenizer):
+    # DATA_CARD.md: a word after the JSON's quote is another token than after a space; products
+    # share their first word so that the word that tells them apart is the same token in both
+    answer_first, answer_rest = set(), set()
+    for product in script.PRODUCTS:
+        in_message = tiny_tokenizer.tokenize(f" {product}s")  # "3 desk lamps"
+        in_answer = tiny_tokenizer.tokenize(json.dumps({"product": product}))
+        value = in_answer[in_answer.index('Ġ"') + 1 : -1]
+        assert in_message[1 : len(value)] == value[1:], product
+        answer_first.add(value[0])
+        answer_rest.add(tuple(value[1:]))
+    assert len(answer_first) == 1 and len(answer_rest) == len(script.PRODUCTS)
