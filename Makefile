@@ -37,7 +37,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
 	ls $(WHEELS)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" \
 		CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip wheel -q --no-deps -w $(WHEELS) "$(LLAMA_CPP)"
-	$(BIN)/pip install -q --find-links $(WHEELS) -e ".[test,deploy]"
+	$(BIN)/pip install -q --find-links $(WHEELS) -e ".[test,deploy,sft,harness]"
 	$(BIN)/pip install -q --no-deps "$(LLMCOMPRESSOR)"
 	touch $(STAMP)
 

@@ -59,6 +59,11 @@ UNSUPPORTED["06_deploy"] = {
     for name in ("t4", "t4-8b", "t4x2", "p100", "gpu-4gb", "gpu-bf16")
 }
 UNSUPPORTED["07_two_gpus"] = {"t4-8b": "the chapter plans and runs t4x2 (1.5B); it stops on t4-8b"}
+UNSUPPORTED["08_your_data"] = {
+    name: "run on the tiny profile only so far (its GGUF hand-over is Llama-only); it stops on "
+    "GPU profiles"
+    for name in ("t4", "t4-8b", "t4x2", "p100", "gpu-4gb", "gpu-bf16")
+}
 CAVEAT = "CPU-calibrated estimate, not yet measured on a GPU"
 # helpers.models.load_model marks a model it loads in the profile's own precision (no explicit
 # load_in_4bit) with this attribute: on the tiny profile it is unquantized, on a 4-bit GPU
