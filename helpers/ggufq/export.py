@@ -29,8 +29,13 @@ from safetensors.torch import load_file
 
 from . import naive
 
-QTYPES = ("F32", "F16", "Q8_0", "Q4_0")
-_FILE_TYPE = {"F32": 0, "F16": 1, "Q4_0": 2, "Q8_0": 7}  # gguf.LlamaFileType values
+QTYPES = ("F32", "F16", "Q8_0", "Q4_0", "Q4_K")
+# gguf.LlamaFileType values (Q4_K: MOSTLY_Q4_K_S, the closest label for Q4_K + fallbacks)
+_FILE_TYPE = {"F32": 0, "F16": 1, "Q4_0": 2, "Q8_0": 7, "Q4_K": 14}
+# Q4_K needs rows of whole super-blocks of 256 values. llama.cpp's quantizer stores a tensor
+# whose rows are not (the tiny model's down projection: 640 inputs) in another type; its table
+# (llama-quant.cpp) picks Q5_0 for Q4_K, a type the course does not write by hand: Q8_0 here.
+_FALLBACK = {"Q4_K": "Q8_0"}
 _LAYER_NAMES = {  # Hugging Face suffix -> llama.cpp suffix, per decoder layer
     "self_attn.q_proj": "attn_q",
     "self_attn.k_proj": "attn_k",
@@ -84,6 +89,8 @@ def _encode(weight: torch.Tensor, qtype: str, quantizers: ModuleType):
         return weight.to(torch.float32).numpy(), gguf.GGMLQuantizationType.F32
     if qtype == "F16":
         return weight.to(torch.float16).numpy(), gguf.GGMLQuantizationType.F16
+    if qtype in _FALLBACK and weight.shape[-1] % naive.VALUES_PER_BLOCK[qtype]:
+        qtype = _FALLBACK[qtype]
     data = getattr(quantizers, f"quantize_{qtype.lower()}")(weight)  # uint8 (rows, bytes)
     return data.numpy(), gguf.GGMLQuantizationType[qtype]
 
@@ -164,8 +171,9 @@ def write_gguf(
     Args:
         folder: a saved Llama (``config.json``, ``model.safetensors``, ``tokenizer.json``).
         path: the ``.gguf`` file to write (replaced if present).
-        qtype: ``"F32"``, ``"F16"``, ``"Q8_0"`` or ``"Q4_0"`` for the 2-D weights.
-        quantizers: the module whose ``quantize_q8_0``/``quantize_q4_0`` encode the blocks
+        qtype: ``"F32"``, ``"F16"``, ``"Q8_0"``, ``"Q4_0"`` or ``"Q4_K"`` for the 2-D weights
+            (Q4_K: tensors whose rows are not whole super-blocks of 256 get Q8_0).
+        quantizers: the module whose ``quantize_q8_0``/``_q4_0``/``_q4_k`` encode the blocks
             (``helpers.ggufq.naive`` or ``helpers.ggufq.library``).
         pre: llama.cpp's pre-tokenizer name; None leaves the key out (the failure mode).
         chat_template: the template to store; default: the folder's; None leaves it out.
