@@ -315,3 +315,10 @@ def read_metadata(path: str | Path) -> dict:
 def tensor_types(path: str | Path) -> dict[str, str]:
     """Each tensor's ggml type name in a GGUF file (``{"blk.0.attn_q.weight": "Q8_0", ...}``)."""
     return {t.name: t.tensor_type.name for t in gguf.GGUFReader(path).tensors}
+
+
+def bits_per_weight_of(path: str | Path) -> float:
+    """Bits stored per weight over a GGUF file's 2-D tensors (scales included): one number for
+    a file that mixes types (Q4_K_M, or Q4_K with its fallbacks)."""
+    tensors = [t for t in gguf.GGUFReader(path).tensors if len(t.shape) == 2]
+    return 8 * sum(int(t.n_bytes) for t in tensors) / sum(int(t.n_elements) for t in tensors)
