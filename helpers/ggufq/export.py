@@ -119,7 +119,11 @@ def _encode(weight: torch.Tensor, ggml_type: str, quantizers: ModuleType):
         return weight.to(torch.float32).numpy()
     if ggml_type == "F16":
         return weight.to(torch.float16).numpy()
-    return getattr(quantizers, f"quantize_{ggml_type.lower()}")(weight).numpy()  # uint8
+    quantize = getattr(quantizers, f"quantize_{ggml_type.lower()}")
+    # a few rows at a time: the quantizers' fp32 temporaries stay near 64 MiB each, whatever
+    # the tensor (a 150k-token embedding would otherwise need several GiB)
+    step = max(1, 2**24 // weight.shape[-1])
+    return torch.cat([quantize(rows) for rows in weight.split(step)]).numpy()  # uint8
 
 
 def _shards(folder: Path) -> dict[str, Path]:
