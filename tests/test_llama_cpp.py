@@ -119,3 +119,33 @@ def test_server_answers_on_localhost(files):
 def test_missing_file():
     with pytest.raises(FileNotFoundError, match="no GGUF file"):
         run.load_gguf("/nonexistent/model.gguf")
+
+
+def test_llama_quantize_q4_k_m_and_its_fallbacks(tiny, files, tmp_path):
+    from helpers.ggufq import library
+
+    path, log = library.llama_quantize(files["F16"], tmp_path / "q4_k_m.gguf", "Q4_K_M")
+    types = export.tensor_types(path)
+    assert types["blk.0.attn_q.weight"] == "Q4_K"
+    assert types["blk.0.ffn_down.weight"] in ("Q5_0", "Q8_0")  # 640 inputs: not super-blocks
+    assert "falling back" in log
+    _, _, _, ids = tiny
+    new, stopped = run.greedy_ids(run.load_gguf(path), ids[0], 40)
+    assert stopped and len(new) > 1  # it runs and ends its answer
+
+
+def test_our_q4_k_file_runs(tiny, tmp_path):
+    path = export.write_gguf(TINY_MODEL_DIR, tmp_path / "q4_k.gguf", "Q4_K")
+    _, _, _, ids = tiny
+    new, stopped = run.greedy_ids(run.load_gguf(path), ids[0], 40)
+    assert stopped and len(new) > 1
+
+
+def test_llama_quantize_bad_input(files, tmp_path):
+    from helpers.ggufq import library
+
+    with pytest.raises(ValueError, match="file type"):
+        library.llama_quantize(files["F16"], tmp_path / "x.gguf", "Q4_K_Z")
+    with pytest.raises(FileNotFoundError, match="no GGUF file"):
+        library.llama_quantize(tmp_path / "missing.gguf", tmp_path / "x.gguf")
+    assert not list(tmp_path.glob("x.gguf*"))

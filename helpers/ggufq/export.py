@@ -1,13 +1,18 @@
-"""Write a saved transformers Llama (a folder: ``config.json``, ``model.safetensors``,
+"""Write a saved transformers Llama or Qwen2 (a folder: ``config.json``, safetensors weights,
 ``tokenizer.json``, the chat template) to a GGUF file that llama.cpp runs.
 
 What llama.cpp needs, and what this module writes with ``gguf.GGUFWriter``:
 
-- the architecture's hyper-parameters under ``llama.*`` keys;
-- every weight under llama.cpp's tensor names (``blk.0.attn_q.weight`` ...), with the query and
-  key projections permuted: Hugging Face's Llama rotates the two *halves* of each head
-  (``rotate_half``), ggml's rotates *adjacent pairs*, so the rows of each head are reordered
-  from (half, pair) to (pair, half) (as llama.cpp's ``convert_hf_to_gguf.py`` does);
+- the architecture's hyper-parameters under ``llama.*`` or ``qwen2.*`` keys;
+- every weight under llama.cpp's tensor names (``blk.0.attn_q.weight`` ...; Qwen2's q, k, v
+  biases as ``blk.0.attn_q.bias`` ...). For Llama the query and key projections are permuted:
+  Hugging Face's Llama rotates the two *halves* of each head (``rotate_half``), llama.cpp's
+  llama architecture rotates *adjacent pairs*, so the rows of each head are reordered from
+  (half, pair) to (pair, half) (as llama.cpp's ``convert_hf_to_gguf.py`` does). Its qwen2
+  architecture rotates halves ("neox" style), so Qwen2's rows are written as they are. A tied
+  output head is not written for Qwen2 (llama.cpp then multiplies by the embeddings);
+- weights are read, quantized and written one tensor at a time, so exporting a model needs
+  host memory for its largest tensor, not for the whole model;
 - the tokenizer: ``tokenizer.ggml.model = "gpt2"`` (byte-level BPE), the tokens, their types
   (control for special tokens), the merges, the pre-tokenizer name (``tokenizer.ggml.pre``:
   the regex that splits text before BPE; llama.cpp knows a fixed list of names), the EOS id;
@@ -24,13 +29,25 @@ from pathlib import Path
 from types import ModuleType
 
 import gguf
+import numpy as np
 import torch
-from safetensors.torch import load_file
+from safetensors import safe_open
 
 from . import naive
 
-QTYPES = ("F32", "F16", "Q8_0", "Q4_0")
-_FILE_TYPE = {"F32": 0, "F16": 1, "Q4_0": 2, "Q8_0": 7}  # gguf.LlamaFileType values
+ARCHS = ("llama", "qwen2")  # transformers' model_type; also llama.cpp's architecture name
+QTYPES = ("F32", "F16", "Q8_0", "Q4_0", "Q4_K")
+# The Split regex of Qwen2 and Qwen2.5's tokenizer.json (llama.cpp: pre-tokenizer "qwen2")
+QWEN2_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+# gguf.LlamaFileType values (Q4_K: MOSTLY_Q4_K_S, the closest label for Q4_K + fallbacks)
+_FILE_TYPE = {"F32": 0, "F16": 1, "Q4_0": 2, "Q8_0": 7, "Q4_K": 14}
+# Q4_K needs rows of whole super-blocks of 256 values. llama.cpp's quantizer stores a tensor
+# whose rows are not (the tiny model's down projection: 640 inputs) in another type; its table
+# (llama-quant.cpp) picks Q5_0 for Q4_K, a type the course does not write by hand: Q8_0 here.
+_FALLBACK = {"Q4_K": "Q8_0"}
 _LAYER_NAMES = {  # Hugging Face suffix -> llama.cpp suffix, per decoder layer
     "self_attn.q_proj": "attn_q",
     "self_attn.k_proj": "attn_k",
@@ -78,27 +95,85 @@ def gguf_name(hf_name: str) -> str:
     return f"blk.{parts[2]}.{_LAYER_NAMES[suffix]}.{parts[-1]}"
 
 
-def _encode(weight: torch.Tensor, qtype: str, quantizers: ModuleType):
-    """One tensor's data and ggml type: 1-D tensors (norms) stay F32, as llama.cpp expects."""
-    if weight.ndim == 1 or qtype == "F32":
-        return weight.to(torch.float32).numpy(), gguf.GGMLQuantizationType.F32
-    if qtype == "F16":
-        return weight.to(torch.float16).numpy(), gguf.GGMLQuantizationType.F16
-    data = getattr(quantizers, f"quantize_{qtype.lower()}")(weight)  # uint8 (rows, bytes)
-    return data.numpy(), gguf.GGMLQuantizationType[qtype]
+def _target_type(shape: tuple, qtype: str) -> str:
+    """The ggml type a tensor of ``shape`` gets in a file of ``qtype``: 1-D tensors (norms,
+    biases) stay F32, as llama.cpp expects; Q4_K falls back where rows are not super-blocks."""
+    if len(shape) == 1 or qtype == "F32":
+        return "F32"
+    if qtype in _FALLBACK and shape[-1] % naive.VALUES_PER_BLOCK[qtype]:
+        return _FALLBACK[qtype]
+    return qtype
 
 
-def _add_weights(writer, folder: Path, config: dict, qtype: str, quantizers: ModuleType):
-    state = load_file(folder / "model.safetensors")
-    if config.get("tie_word_embeddings") and "lm_head.weight" not in state:
-        state["lm_head.weight"] = state["model.embed_tokens.weight"]
-    for name, weight in state.items():
-        if name.endswith("q_proj.weight"):
-            weight = permute_rope(weight, config["num_attention_heads"])
-        elif name.endswith("k_proj.weight"):
-            weight = permute_rope(weight, config["num_key_value_heads"])
-        data, ggml_type = _encode(weight, qtype, quantizers)
-        writer.add_tensor(gguf_name(name), data, raw_dtype=ggml_type)
+def _nbytes(shape: tuple, ggml_type: str) -> int:
+    """Bytes of one tensor of ``shape`` stored as ``ggml_type``."""
+    count = int(torch.Size(shape).numel())
+    if ggml_type in ("F32", "F16"):
+        return count * (4 if ggml_type == "F32" else 2)
+    return count // naive.VALUES_PER_BLOCK[ggml_type] * naive.BYTES_PER_BLOCK[ggml_type]
+
+
+def _encode(weight: torch.Tensor, ggml_type: str, quantizers: ModuleType):
+    """One tensor's data as the numpy array GGUF stores (F32, F16, or quantized bytes)."""
+    if ggml_type == "F32":
+        return weight.to(torch.float32).numpy()
+    if ggml_type == "F16":
+        return weight.to(torch.float16).numpy()
+    quantize = getattr(quantizers, f"quantize_{ggml_type.lower()}")
+    # a few rows at a time: the quantizers' fp32 temporaries stay near 64 MiB each, whatever
+    # the tensor (a 150k-token embedding would otherwise need several GiB)
+    step = max(1, 2**24 // weight.shape[-1])
+    return torch.cat([quantize(rows) for rows in weight.split(step)]).numpy()  # uint8
+
+
+def _shards(folder: Path) -> dict[str, Path]:
+    """Tensor name -> the safetensors file that holds it (one file, or an index's shards)."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        return {k: folder / v for k, v in json.loads(index.read_text())["weight_map"].items()}
+    with safe_open(folder / "model.safetensors", "pt") as f:
+        return dict.fromkeys(f.keys(), folder / "model.safetensors")
+
+
+def _plan(folder: Path, config: dict, qtype: str) -> list[tuple[str, str, tuple, str]]:
+    """``(hf_name, gguf_name, shape, ggml_type)`` of every tensor to write, in file order. A
+    tied head is written only for Llama (llama.cpp's qwen2 reads the embeddings instead)."""
+    plan = []
+    for name, file in _shards(folder).items():
+        with safe_open(file, "pt") as f:
+            shape = tuple(f.get_slice(name).get_shape())
+        plan.append((name, gguf_name(name), shape, _target_type(shape, qtype)))
+    names = {row[0] for row in plan}
+    if config["model_type"] == "llama" and config.get("tie_word_embeddings"):
+        if "lm_head.weight" not in names:
+            embed = next(row for row in plan if row[0] == "model.embed_tokens.weight")
+            plan.append(("model.embed_tokens.weight", "output.weight", embed[2], embed[3]))
+    return plan
+
+
+def _tensor(folder: Path, name: str, config: dict) -> torch.Tensor:
+    """One tensor, read on its own, with Llama's q/k rows permuted for ggml's rotary layout
+    (Qwen2 runs with llama.cpp's rotate-half "neox" rotary, so its rows stay as they are)."""
+    with safe_open(_shards(folder)[name], "pt") as f:
+        weight = f.get_tensor(name)
+    if config["model_type"] == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
+        heads = "num_attention_heads" if "q_proj" in name else "num_key_value_heads"
+        weight = permute_rope(weight, config[heads])
+    return weight
+
+
+def _write_weights(writer, folder: Path, config: dict, qtype: str, quantizers: ModuleType):
+    """Describe every tensor, then quantize and write them one at a time (host memory: one
+    tensor and its encoding, never the whole model)."""
+    plan = _plan(folder, config, qtype)
+    for _, name, shape, ggml_type in plan:
+        raw = gguf.GGMLQuantizationType[ggml_type]
+        writer.add_tensor_info(name, shape, np.float32, _nbytes(shape, ggml_type), raw_dtype=raw)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for hf_name, _, _, ggml_type in plan:
+        writer.write_tensor_data(_encode(_tensor(folder, hf_name, config), ggml_type, quantizers))
 
 
 def _add_hparams(writer, config: dict, qtype: str) -> None:
@@ -155,19 +230,22 @@ def write_gguf(
     path: str | Path,
     qtype: str = "Q8_0",
     quantizers: ModuleType = naive,
-    pre: str | None = "gpt-2",
+    pre=_DEFAULT,
     chat_template=_DEFAULT,
     eos_token_id=_DEFAULT,
 ) -> Path:
     """Write the model saved in ``folder`` to the GGUF file ``path``.
 
     Args:
-        folder: a saved Llama (``config.json``, ``model.safetensors``, ``tokenizer.json``).
+        folder: a saved Llama or Qwen2 (``config.json``, ``model.safetensors`` or its sharded
+            index, ``tokenizer.json``).
         path: the ``.gguf`` file to write (replaced if present).
-        qtype: ``"F32"``, ``"F16"``, ``"Q8_0"`` or ``"Q4_0"`` for the 2-D weights.
-        quantizers: the module whose ``quantize_q8_0``/``quantize_q4_0`` encode the blocks
+        qtype: ``"F32"``, ``"F16"``, ``"Q8_0"``, ``"Q4_0"`` or ``"Q4_K"`` for the 2-D weights
+            (Q4_K: tensors whose rows are not whole super-blocks of 256 get Q8_0).
+        quantizers: the module whose ``quantize_q8_0``/``_q4_0``/``_q4_k`` encode the blocks
             (``helpers.ggufq.naive`` or ``helpers.ggufq.library``).
-        pre: llama.cpp's pre-tokenizer name; None leaves the key out (the failure mode).
+        pre: llama.cpp's pre-tokenizer name; default: read from ``tokenizer.json``
+            (``pre_tokenizer_name``); None leaves the key out (the failure mode).
         chat_template: the template to store; default: the folder's; None leaves it out.
         eos_token_id: the end-of-turn id; default: ``config.json``'s; None leaves it out.
 
@@ -177,31 +255,59 @@ def write_gguf(
     folder, path = Path(folder), Path(path)
     if qtype not in QTYPES:
         raise ValueError(f"qtype must be one of {QTYPES}, got {qtype!r}")
-    for name in ("config.json", "model.safetensors", "tokenizer.json"):
-        if not (folder / name).is_file():
-            raise FileNotFoundError(f"{folder / name} is missing: save the model there first")
-    config = json.loads((folder / "config.json").read_text())
-    if config.get("model_type") != "llama":
-        raise ValueError(f"{folder / 'config.json'}: model_type must be 'llama'")
+    config = _check_folder(folder)
     template = chat_template_of(folder) if chat_template is _DEFAULT else chat_template
     eos = config.get("eos_token_id") if eos_token_id is _DEFAULT else eos_token_id
+    eos = eos[0] if isinstance(eos, list) else eos  # generation configs may list several
+    pre = pre_tokenizer_name(folder) if pre is _DEFAULT else pre
     tmp = path.with_name(path.name + ".partial")
-    writer = gguf.GGUFWriter(tmp, "llama")
+    writer = gguf.GGUFWriter(tmp, config["model_type"])  # the key prefix: llama.* or qwen2.*
     try:
         writer.add_name(folder.name)
         _add_hparams(writer, config, qtype)
         _add_tokenizer(writer, folder, pre, eos)
         if template is not None:
             writer.add_chat_template(template)
-        _add_weights(writer, folder, config, qtype, quantizers)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
+        _write_weights(writer, folder, config, qtype, quantizers)
         writer.close()
         os.replace(tmp, path)
     finally:
+        writer.close()
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _check_folder(folder: Path) -> dict:
+    """The folder's config, after checking that every file the export reads is there."""
+    weights = ("model.safetensors", "model.safetensors.index.json")
+    for name in ("config.json", "tokenizer.json"):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder / name} is missing: save the model there first")
+    if not any((folder / name).is_file() for name in weights):
+        raise FileNotFoundError(f"{folder / weights[0]} is missing: save the model there first")
+    config = json.loads((folder / "config.json").read_text())
+    if config.get("model_type") not in ARCHS:
+        raise ValueError(f"{folder / 'config.json'}: model_type must be one of {ARCHS}")
+    return config
+
+
+def pre_tokenizer_name(folder: str | Path) -> str:
+    """llama.cpp's name for the pre-tokenizer in ``folder/tokenizer.json``: ``"gpt-2"`` for a
+    byte-level BPE that splits with GPT-2's regex (the course's tiny tokenizer), ``"qwen2"``
+    for a ``Split`` on Qwen2's regex followed by byte-level BPE (Qwen2 and 2.5's tokenizers).
+    Anything else raises ValueError: llama.cpp knows a fixed list of regexes by name."""
+    path = Path(folder) / "tokenizer.json"
+    pre = json.loads(path.read_text()).get("pre_tokenizer") or {}
+    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
+        return "gpt-2"
+    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else []
+    regexes = [s.get("pattern", {}).get("Regex") for s in steps if s.get("type") == "Split"]
+    if regexes == [QWEN2_REGEX] and steps[-1].get("type") == "ByteLevel":
+        return "qwen2"
+    raise ValueError(
+        f"{path}: its pre-tokenizer {json.dumps(pre)[:200]} is not one this writer can name; "
+        "find the llama.cpp name whose regex is identical and pass it as `pre`"
+    )
 
 
 def read_metadata(path: str | Path) -> dict:
@@ -213,3 +319,10 @@ def read_metadata(path: str | Path) -> dict:
 def tensor_types(path: str | Path) -> dict[str, str]:
     """Each tensor's ggml type name in a GGUF file (``{"blk.0.attn_q.weight": "Q8_0", ...}``)."""
     return {t.name: t.tensor_type.name for t in gguf.GGUFReader(path).tensors}
+
+
+def bits_per_weight_of(path: str | Path) -> float:
+    """Bits stored per weight over a GGUF file's 2-D tensors (scales included): one number for
+    a file that mixes types (Q4_K_M, or Q4_K with its fallbacks)."""
+    tensors = [t for t in gguf.GGUFReader(path).tensors if len(t.shape) == 2]
+    return 8 * sum(int(t.n_bytes) for t in tensors) / sum(int(t.n_elements) for t in tensors)

@@ -1,4 +1,4 @@
-"""GGUF block quantization written out in torch: Q8_0 and Q4_0.
+"""GGUF block quantization written out in torch: Q8_0 and Q4_0 here, Q4_K in ``kquant.py``.
 
 Both types cut each row of a weight matrix into blocks of 32 values and store, per block, one
 fp16 scale ``d`` followed by the codes (ggml's ``block_q8_0`` and ``block_q4_0`` structs):
@@ -20,8 +20,15 @@ from __future__ import annotations
 
 import torch
 
-BLOCK_SIZE = 32  # values per block, both types
-BYTES_PER_BLOCK = {"Q8_0": 2 + 32, "Q4_0": 2 + 16}
+from .kquant import QK_K, quantize_q4_k
+
+BLOCK_SIZE = 32  # values per block of Q8_0 and Q4_0
+BYTES_PER_BLOCK = {"Q8_0": 2 + 32, "Q4_0": 2 + 16, "Q4_K": 2 + 2 + 12 + 128}
+VALUES_PER_BLOCK = {"Q8_0": BLOCK_SIZE, "Q4_0": BLOCK_SIZE, "Q4_K": QK_K}
+
+__all__ = ["BLOCK_SIZE", "BYTES_PER_BLOCK", "VALUES_PER_BLOCK", "bits_per_weight"]
+__all__ += ["dequantize_q4_0", "dequantize_q4_k", "dequantize_q8_0"]
+__all__ += ["quantize_q4_0", "quantize_q4_k", "quantize_q8_0"]
 
 
 def _check_weight(weight: torch.Tensor) -> None:
@@ -115,8 +122,27 @@ def dequantize_q4_0(data: torch.Tensor) -> torch.Tensor:
     return (d * codes).reshape(*lead, -1)
 
 
+def dequantize_q4_k(data: torch.Tensor) -> torch.Tensor:
+    """Q4_K bytes ``(..., n * 144)`` -> fp32 ``(..., n * 256)``: ``d * sc_j * q - dmin * m_j``
+    in sub-block ``j``, with the 6-bit ``sc_j``, ``m_j`` unpacked from the 12 scale bytes."""
+    if data.dtype != torch.uint8 or data.shape[-1] % BYTES_PER_BLOCK["Q4_K"]:
+        raise ValueError(
+            f"Q4_K data must be uint8 (..., n * 144), got {data.dtype} {tuple(data.shape)}"
+        )
+    blocks = data.reshape(-1, BYTES_PER_BLOCK["Q4_K"])  # (n, 144)
+    halves = blocks[:, :4].contiguous().view(torch.float16).to(torch.float32)  # (n, 2)
+    packed = blocks[:, 4:16].to(torch.int32)  # (n, 12)
+    sc = torch.cat([packed[:, :4] & 63, (packed[:, 8:] & 0xF) | ((packed[:, :4] >> 6) << 4)], 1)
+    mn = torch.cat([packed[:, 4:8] & 63, (packed[:, 8:] >> 4) | ((packed[:, 4:8] >> 6) << 4)], 1)
+    qs = blocks[:, 16:].reshape(-1, 4, 32)  # (n, 4 chunks of 64 values, 32 bytes)
+    codes = torch.stack([qs & 0x0F, qs >> 4], dim=2).reshape(-1, 8, 32).to(torch.float32)
+    d, dmin = halves[:, :1, None], halves[:, 1:, None]  # (n, 1, 1)
+    values = d * sc[..., None] * codes - dmin * mn[..., None]  # (n, 8, 32)
+    return values.reshape(*data.shape[:-1], -1)
+
+
 def bits_per_weight(kind: str) -> float:
-    """Bits stored per weight by a block type, its scale included (8.5 for Q8_0)."""
+    """Bits stored per weight by a block type, its scales included (8.5 for Q8_0)."""
     if kind not in BYTES_PER_BLOCK:
         raise ValueError(f"unknown GGUF type {kind!r}; known: {sorted(BYTES_PER_BLOCK)}")
-    return BYTES_PER_BLOCK[kind] * 8 / BLOCK_SIZE
+    return BYTES_PER_BLOCK[kind] * 8 / VALUES_PER_BLOCK[kind]

@@ -1,0 +1,80 @@
+"""AWQ by hand against llm-compressor's AWQ (``oneshot`` with an ``AWQModifier`` and a 4-bit
+``QuantizationModifier``), on one layer of a tiny random Llama and the same calibration ids:
+the same grid point, the same scales, the same 4-bit weights, the same layer error."""
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from helpers.awq import library, naive
+
+LAYER, SMOOTH = "model.layers.1.mlp.down_proj", "model.layers.1.mlp.up_proj"
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+    )  # fmt: skip
+    model = LlamaForCausalLM(config).eval()
+    vocab = {f"t{i}": i for i in range(64)}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, "t0")))
+    batches = [torch.randint(0, 64, (int(n),)).tolist() for n in torch.randint(8, 24, (12,))]
+    return model, tokenizer, batches
+
+
+@pytest.mark.parametrize("duo_scaling", [False, True])
+def test_awq_layer_matches_llmcompressor(tiny, duo_scaling):
+    model, tokenizer, batches = tiny
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    mine = naive.awq_layer(model, tokenizer, batches, LAYER, SMOOTH, duo_scaling=duo_scaling)
+    ref = library.awq_layer(model, tokenizer, batches, LAYER, SMOOTH, duo_scaling=duo_scaling)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # a copy
+    assert mine.ratio == ref.ratio  # the same grid point wins
+    torch.testing.assert_close(ref.scales, mine.scales, rtol=1e-5, atol=0)
+    close = torch.isclose(ref.weight, mine.weight, rtol=1e-5, atol=1e-7).float().mean().item()
+    assert close > 0.999, close  # a weight on a rounding tie may land one step apart
+    x = naive.capture_inputs(model, batches, LAYER)
+    w = model.get_submodule(LAYER).weight.detach()
+    e_mine, e_ref = (
+        naive.layer_rel_error(mine.weight, w, x),
+        naive.layer_rel_error(ref.weight, w, x),
+    )
+    assert abs(e_mine - e_ref) <= 1e-4 * e_ref
+    assert e_mine <= naive.layer_rel_error(naive.rtn_quantize(w), w, x) + 1e-7
+
+
+def test_awq_model_is_plain_and_on_the_grid(tiny):
+    model, tokenizer, batches = tiny
+    quantized = library.awq_model(model, tokenizer, batches)
+    assert type(quantized) is type(model)
+    assert not hasattr(quantized.get_submodule(LAYER), "quantization_scheme")
+    norm = "model.layers.0.input_layernorm.weight"
+    assert not torch.equal(quantized.state_dict()[norm], model.state_dict()[norm])  # smoothed
+    w = quantized.get_submodule("model.layers.0.self_attn.q_proj").weight.detach()
+    groups = w.reshape(w.shape[0], -1, 32)  # each row and group of 32 holds at most 16 levels
+    assert max(len(torch.unique(g)) for g in groups.reshape(-1, 32)) <= 16
+    torch.testing.assert_close(quantized.lm_head.weight, model.lm_head.weight)
+    ids = torch.tensor([batches[0]])
+    with torch.no_grad():
+        gap = (quantized(ids).logits - model(ids).logits).abs().max().item()
+    assert 0 < gap < 1.0
+
+
+@pytest.mark.parametrize("module", [naive, library])
+def test_awq_layer_bad_input(tiny, module):
+    model, tokenizer, batches = tiny
+    with pytest.raises(ValueError, match="not a linear layer"):
+        module.awq_layer(model, tokenizer, batches, "model.layers.9.mlp.down_proj", SMOOTH)
+    with pytest.raises(ValueError, match="calibration sequence"):
+        module.awq_layer(model, tokenizer, [], LAYER, SMOOTH)
+    if module is library:
+        with pytest.raises(ValueError, match="not a module"):
+            module.awq_layer(model, tokenizer, batches, LAYER, "model.layers.1.mlp.nope")
+
+
+def test_same_public_names_except_the_per_layer_search():
+    assert set(library.__all__) == set(naive.__all__) - {"awq_quantize"} | {"awq_model"}
