@@ -140,3 +140,12 @@ def test_committed_sweep_file_covers_every_point_and_seed():
         assert all(run["alpha"] == pytest.approx(config["alpha"]) for run in runs)
         assert all([s["steps"] for s in run["scores"]] == data["steps"] for run in runs)
     assert len(data["seeds"]) >= 2
+
+
+def test_run_sweep_reports_each_run_as_it_ends(tmp_path):
+    saved = []
+    data = sweep.run_sweep("tiny", [0], (1,), 2, ranks=(1,), on_run=saved.append)
+    assert [len(d["runs"]) for d in saved] == [1, 2]  # rank 1, then r_ref on attention only
+    assert saved[-1]["runs"] == data["runs"]
+    assert [run["r"] for run in data["runs"]] == [1, data["r_ref"]]
+    assert all(run["seed"] == 0 for run in data["runs"])

@@ -154,8 +154,14 @@ def sweep_configs(
     return configs
 
 
-def run_sweep(profile_name: str, seeds, steps, eval_examples: int, ranks=RANKS) -> dict:
-    """Every point of ``sweep_configs`` for every seed, on one base model (see run_point)."""
+def run_sweep(
+    profile_name: str, seeds, steps, eval_examples: int, ranks=RANKS, on_run=None
+) -> dict:
+    """Every point of ``sweep_configs`` for every seed, on one base model (see run_point).
+
+    Seeds are the outer loop, so a sweep cut short holds every point for its first seeds.
+    ``on_run`` (optional) is called with the results so far after each run, e.g. to save them.
+    """
     from helpers.data import load_task
     from helpers.models import load_model
     from helpers.profiles import resolve_profile
@@ -167,12 +173,20 @@ def run_sweep(profile_name: str, seeds, steps, eval_examples: int, ranks=RANKS) 
     train_kwargs = {"micro_batch_size": profile.micro_batch_size, "lr": profile.lr,
                     "grad_accum_steps": profile.grad_accum_steps, "max_seq_len": profile.max_seq_len}  # fmt: skip
     runs, start = [], time.perf_counter()
-    for config in sweep_configs(profile.lora_r, profile.lora_alpha, profile.target_modules, ranks):
-        for seed in seeds:
+    configs = sweep_configs(profile.lora_r, profile.lora_alpha, profile.target_modules, ranks)
+    for seed in seeds:
+        for config in configs:
             runs.append(run_point(model, tokenizer, train_set, eval_set, seed=seed, steps=steps,
                                   train_kwargs=train_kwargs, **config))  # fmt: skip
             print(f"r={config['r']:>2} {len(config['targets'])} targets seed {seed}: "
                   f"{runs[-1]['scores']}", flush=True)  # fmt: skip
+            if on_run is not None:
+                on_run(_sweep_record(profile, steps, seeds, eval_set, runs, start))
+    return _sweep_record(profile, steps, seeds, eval_set, runs, start)
+
+
+def _sweep_record(profile, steps, seeds, eval_set, runs, start) -> dict:
+    """The results file's content: how the sweep was made, and its runs so far."""
     return {
         "what": "chapter 02 rank / target sweep: rsLoRA scale, exact match on validation",
         "command": "python -m helpers.lora.sweep " + " ".join(sys.argv[1:]),
@@ -181,7 +195,7 @@ def run_sweep(profile_name: str, seeds, steps, eval_examples: int, ranks=RANKS) 
         "eval_split": "valid", "eval_examples": len(eval_set), "steps": list(steps),
         "seeds": list(seeds), "torch": torch.__version__,
         "date": datetime.date.today().isoformat(),
-        "seconds": round(time.perf_counter() - start, 1), "runs": runs,
+        "seconds": round(time.perf_counter() - start, 1), "runs": list(runs),
     }  # fmt: skip
 
 
@@ -232,18 +246,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.lora.sweep", description=__doc__)
     parser.add_argument("--profile", default="tiny")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, nargs="+", default=[100, 200])
+    parser.add_argument("--steps", type=int, nargs="+", default=[100, 200, 300, 400])
     parser.add_argument("--ranks", type=int, nargs="+", default=list(RANKS))
     parser.add_argument("--eval-examples", type=int, default=100)
     parser.add_argument("--out", type=Path, default=SWEEP_FILE)
     args = parser.parse_args(argv)
     if sorted(set(args.steps)) != args.steps or args.steps[0] <= 0:
         parser.error(f"--steps must be positive and increasing, got {args.steps}")
-    data = run_sweep(args.profile, args.seeds, args.steps, args.eval_examples, tuple(args.ranks))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(args.out)  # never a half-written results file
+    partial = args.out.with_suffix(".partial.json")
+
+    def save(data: dict, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1) + "\n")
+        tmp.replace(path)  # never a half-written results file
+
+    data = run_sweep(args.profile, args.seeds, args.steps, args.eval_examples,
+                     tuple(args.ranks), on_run=lambda d: save(d, partial))  # fmt: skip
+    save(data, args.out)
+    partial.unlink(missing_ok=True)
     print(f"wrote {args.out} ({data['seconds']} s)")
     return 0
 
