@@ -55,9 +55,13 @@ UNSUPPORTED["03_qlora"] = {
     "model does not fit), which the tiny run does not execute; never run on a GPU"
 }
 UNSUPPORTED["06_deploy"] = {
-    name: "not run on GPU profiles yet: the GGUF writer handles Qwen2 and streams tensors (tested "
-    "on a tiny random Qwen2 on a CPU), but the chapter's merge check and comparison table keep "
-    "several unquantized copies of the model; it stops at its first cell"
+    name: "not run on GPU profiles yet; it stops at its first cell. The GGUF writer handles Qwen2 "
+    "and streams tensors, and the comparison table builds one quantized copy at a time, but what "
+    "this guard cannot see still scales with the model: the merge check's two copies are fp32 "
+    "(scaled here at the profile's 16 bits), calibration inputs of every linear layer are held at "
+    "once (naive GPTQ/AWQ on the whole model), llm-compressor's whole-model AWQ holds two more "
+    "copies while it runs, the GGUF checks quantize every matrix twice, and llama.cpp runs five "
+    "GGUF types on the CPU over the whole test split"
     for name in ("t4", "t4-8b", "t4x2", "p100", "gpu-4gb", "gpu-bf16")
 }
 UNSUPPORTED["07_two_gpus"] = {"t4-8b": "the chapter plans and runs t4x2 (1.5B); it stops on t4-8b"}
