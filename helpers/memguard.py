@@ -66,8 +66,8 @@ UNSUPPORTED["06_deploy"] = {
 }
 UNSUPPORTED["07_two_gpus"] = {"t4-8b": "the chapter plans and runs t4x2 (1.5B); it stops on t4-8b"}
 UNSUPPORTED["08_your_data"] = {
-    name: "run on the tiny profile only so far (its GGUF hand-over is Llama-only); it stops on "
-    "GPU profiles"
+    name: "run on the tiny profile only so far: its 4-bit path (SFTTrainer and packing on an NF4 "
+    "base, the merge for chapter 06's export) has never run; it stops on GPU profiles"
     for name in ("t4", "t4-8b", "t4x2", "p100", "gpu-4gb", "gpu-bf16")
 }
 CAVEAT = "CPU-calibrated estimate, not yet measured on a GPU"
