@@ -49,15 +49,21 @@ def test_qwen2_file_layout(qwen2):
     assert "output.weight" not in types  # tied: llama.cpp reads token_embd instead
 
 
+def _last_logits(llm, model, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """llama.cpp's and transformers' logits for the token after ``ids``: (vocab,) each."""
+    llm.reset()
+    llm.eval(ids)
+    ours = torch.tensor(np.asarray(llm.scores[len(ids) - 1]))
+    with torch.no_grad():
+        theirs = model(torch.tensor([ids])).logits[0, -1]
+    return ours, theirs
+
+
 def test_qwen2_logits_equal_transformers(qwen2):
     model, _, files = qwen2
     llm = run.load_gguf(files["F32"], logits_all=True)
     for ids in PROMPTS:
-        llm.reset()
-        llm.eval(ids)
-        ours = torch.tensor(np.asarray(llm.scores[len(ids) - 1]))
-        with torch.no_grad():
-            theirs = model(torch.tensor([ids])).logits[0, -1]
+        ours, theirs = _last_logits(llm, model, ids)
         # F32 weights, but llama.cpp keeps its attention cache in F16: measured gaps are below
         # 1e-3 of the largest logit; a wrong rotary layout or a lost bias moves logits by O(1)
         assert (ours - theirs).abs().max() < 2e-3 * theirs.abs().max()
@@ -79,11 +85,7 @@ def test_qwen2_q8_0_close(qwen2):
     model, _, files = qwen2
     llm = run.load_gguf(files["Q8_0"], logits_all=True)
     for ids in PROMPTS:
-        llm.reset()
-        llm.eval(ids)
-        ours = torch.tensor(np.asarray(llm.scores[len(ids) - 1]))
-        with torch.no_grad():
-            theirs = model(torch.tensor([ids])).logits[0, -1]
+        ours, theirs = _last_logits(llm, model, ids)
         assert (ours - theirs).abs().max() < 0.1 * theirs.abs().max()
 
 
