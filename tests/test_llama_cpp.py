@@ -2,6 +2,8 @@
 transformers (F16, Q8_0), generation stops at the end-of-turn token, the chat template travels,
 and each broken export fails the way chapter 06 says."""
 
+import sys
+
 import pytest
 import torch
 
@@ -149,3 +151,23 @@ def test_llama_quantize_bad_input(files, tmp_path):
     with pytest.raises(FileNotFoundError, match="no GGUF file"):
         library.llama_quantize(tmp_path / "missing.gguf", tmp_path / "x.gguf")
     assert not list(tmp_path.glob("x.gguf*"))
+
+
+def test_a_server_that_logs_a_lot_is_not_blocked(monkeypatch):
+    """A real model's load log is far longer than a pipe's 64 KiB: the server must not block
+    on it (it did, when its stderr went to a pipe that nobody read)."""
+    chatty = (
+        "import http.server, sys\n"
+        "sys.stderr.write('x' * 300_000); sys.stderr.flush()\n"
+        "class H(http.server.BaseHTTPRequestHandler):\n"
+        "    def do_GET(self):\n"
+        "        self.send_response(200); self.end_headers(); self.wfile.write(b'{}')\n"
+        "    def log_message(self, *args):\n"
+        "        pass\n"
+        "http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()\n"
+    )
+    monkeypatch.setattr(
+        run, "_server_command", lambda path, port, n_ctx: [sys.executable, "-c", chatty, str(port)]
+    )
+    with run.serve("unused.gguf", timeout=20) as url:
+        assert url.startswith("http://127.0.0.1:")

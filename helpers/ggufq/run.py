@@ -9,6 +9,7 @@ import json
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -98,33 +99,29 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _server_command(path: str | Path, port: int, n_ctx: int) -> list[str]:
+    """llama-cpp-python's server on 127.0.0.1:``port`` for the file, 2 CPU threads."""
+    return [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--host", "127.0.0.1",
+            "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", "2"]  # fmt: skip
+
+
 @contextlib.contextmanager
 def serve(path: str | Path, n_ctx: int = 256, timeout: float = 120.0) -> Iterator[str]:
     """Start llama.cpp's OpenAI-compatible server (``python -m llama_cpp.server``) on
     127.0.0.1 and a free port; yield its base URL; stop it on exit."""
     port = _free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "llama_cpp.server",
-        "--model",
-        str(path),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--n_ctx",
-        str(n_ctx),
-        "--n_threads",
-        "2",
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    cmd = _server_command(path, port, n_ctx)
+    # its log goes to a file: a pipe nobody reads fills up (64 KiB) and the server then blocks
+    # on its next write, which a real model's load log reaches
+    log = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"llama_cpp.server exited: {proc.stderr.read()[-2000:]}")
+                log.seek(0)
+                raise RuntimeError(f"llama_cpp.server exited: {log.read()[-2000:]}")
             with contextlib.suppress(OSError):
                 urllib.request.urlopen(url + "/v1/models", timeout=2).close()
                 break
@@ -139,6 +136,7 @@ def serve(path: str | Path, n_ctx: int = 256, timeout: float = 120.0) -> Iterato
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        log.close()
 
 
 def post_json(url: str, payload: dict, timeout: float = 120.0) -> dict:
