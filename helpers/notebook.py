@@ -13,6 +13,7 @@ torch) and checks that torch can use the GPU. ``python -m helpers.notebook sync`
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import re
 import subprocess
 import sys
@@ -238,15 +239,50 @@ def check_gpu(p100_fix: bool) -> None:
     )
 
 
+GPU_CAP_ENV = "COURSE_GPU_MEMORY_GIB"
+
+
+def cap_gpu_memory(value: str | None = None) -> float | None:
+    """Emulate a smaller card: cap this process's CUDA memory at ``$COURSE_GPU_MEMORY_GIB``
+    GiB (``torch.cuda.set_per_process_memory_fraction``), e.g. ``14.7`` for a T4 on a larger
+    GPU. Returns the cap applied, None when the variable is unset or there is no GPU.
+
+    Raises:
+        SystemExit: the value is not a number of GiB above 0 (the message names the variable).
+    """
+    value = os.environ.get(GPU_CAP_ENV, "") if value is None else value
+    if not value.strip():
+        return None
+    try:
+        gib = float(value)
+    except ValueError:
+        gib = float("nan")
+    if not gib > 0 or gib == float("inf"):
+        raise SystemExit(f"{GPU_CAP_ENV}={value!r}: expected a number of GiB above 0, e.g. 14.7")
+    import torch
+
+    if not torch.cuda.is_available():
+        print(f"Set-up: {GPU_CAP_ENV}={value} has no effect: there is no CUDA GPU.")
+        return None
+    total = torch.cuda.get_device_properties(0).total_memory / 2**30
+    torch.cuda.set_per_process_memory_fraction(min(1.0, gib / total))
+    print(
+        f"Set-up: CUDA memory capped at {min(gib, total):.1f} of {total:.1f} GiB ({GPU_CAP_ENV})."
+    )
+    return min(gib, total)
+
+
 def prepare(root: str | Path, p100_fix: bool = False) -> None:
     """What the set-up cell runs once ``helpers`` is importable from ``root``.
 
     Checks that ``helpers`` is the course's own copy in ``root``; on Colab or Kaggle installs
     what is missing or too old; on any machine, explains (or with ``p100_fix`` applies) the
-    torch fix for a GPU the installed torch has no kernels for.
+    torch fix for a GPU the installed torch has no kernels for; with ``$COURSE_GPU_MEMORY_GIB``
+    set, caps the GPU's memory (``cap_gpu_memory``).
 
     Raises:
-        SystemExit: ``helpers`` came from elsewhere, or an install failed (one sentence each).
+        SystemExit: ``helpers`` came from elsewhere, an install failed, or the memory cap is not
+            a number (one sentence each).
     """
     root = Path(root).resolve()
     if PACKAGE_DIR.parent.resolve() != root:
@@ -257,6 +293,7 @@ def prepare(root: str | Path, p100_fix: bool = False) -> None:
     if platform_name():
         install_missing(root)
     check_gpu(bool(p100_fix))
+    cap_gpu_memory()
 
 
 def setup_cells(nb) -> list:
