@@ -47,6 +47,31 @@ def test_awq_layer_matches_llmcompressor(tiny, duo_scaling):
     assert e_mine <= naive.layer_rel_error(naive.rtn_quantize(w), w, x) + 1e-7
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_awq_layer_in_16_bits_agrees_to_16_bit_rounding(tiny, dtype):
+    """The GPU profiles' models are fp16 (bf16 on gpu-bf16): llm-compressor then searches in
+    that dtype and ours in fp32, so the same grid point wins but the rest agrees to rounding."""
+    model, tokenizer, batches = tiny
+    model16 = LlamaForCausalLM(model.config).eval()
+    model16.load_state_dict(model.state_dict())
+    model16.to(dtype)
+    mine = naive.awq_layer(model16, tokenizer, batches, LAYER, SMOOTH)
+    ref = library.awq_layer(model16, tokenizer, batches, LAYER, SMOOTH)
+    assert mine.ratio == ref.ratio
+    torch.testing.assert_close(ref.scales, mine.scales, rtol=library.scale_tolerance(dtype), atol=0)
+    eps = torch.finfo(dtype).eps
+    close = torch.isclose(ref.weight, mine.weight, rtol=8 * eps, atol=1e-7).float().mean().item()
+    assert close > 0.98, close
+    x = naive.capture_inputs(model16, batches, LAYER)
+    w = model16.get_submodule(LAYER).weight.detach().float()
+    e_mine, e_ref = (
+        naive.layer_rel_error(mine.weight, w, x),
+        naive.layer_rel_error(ref.weight, w, x),
+    )
+    assert abs(e_mine - e_ref) <= 1e-2 * e_ref
+    assert e_mine < naive.layer_rel_error(naive.rtn_quantize(w), w, x)
+
+
 def test_awq_model_is_plain_and_on_the_grid(tiny):
     model, tokenizer, batches = tiny
     quantized = library.awq_model(model, tokenizer, batches)
@@ -77,4 +102,5 @@ def test_awq_layer_bad_input(tiny, module):
 
 
 def test_same_public_names_except_the_per_layer_search():
-    assert set(library.__all__) == set(naive.__all__) - {"awq_quantize"} | {"awq_model"}
+    expected = set(naive.__all__) - {"awq_quantize"} | {"awq_model", "scale_tolerance"}
+    assert set(library.__all__) == expected

@@ -33,7 +33,7 @@ from .naive import AWQResult, capture_inputs, layer_rel_error, search_grid
 os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "ERROR")
 
 __all__ = ["AWQResult", "awq_layer", "awq_model", "capture_inputs", "layer_rel_error"]
-__all__ += ["search_grid"]
+__all__ += ["scale_tolerance", "search_grid"]
 
 
 def _weight_args(bits: int, group_size: int):
@@ -116,14 +116,20 @@ def _pattern(name: str) -> str:
     return "re:^" + name.replace(".", r"\.") + "$"
 
 
-def _chosen_ratio(scales, inputs, weight, group_size, n_grid, duo_scaling) -> float:
+def scale_tolerance(dtype: torch.dtype) -> float:
+    """How closely scales read back from a ``dtype`` smoothing weight can match: 1e-4 in fp32;
+    in 16 bits, two roundings of the weight (``w / s`` is stored in ``dtype``)."""
+    return max(1e-4, 2 * torch.finfo(dtype).eps)
+
+
+def _chosen_ratio(scales, inputs, weight, group_size, n_grid, duo_scaling, rtol) -> float:
     """The grid ratio whose scales (the formula of ``naive``) equal llm-compressor's, which
-    it does not return; NaN when none is within 1e-4."""
+    it does not return; NaN when none is within ``rtol``."""
     from .naive import _scales, _weight_means
 
     x_mean, w_mean = inputs.abs().mean(0), _weight_means(weight, group_size)
     for ratio, duo in search_grid(n_grid, duo_scaling):
-        if torch.allclose(_scales(x_mean, w_mean, ratio, duo), scales, rtol=1e-4, atol=0):
+        if torch.allclose(_scales(x_mean, w_mean, ratio, duo), scales, rtol=rtol, atol=0):
             return ratio
     return float("nan")
 
@@ -162,12 +168,13 @@ def awq_layer(
             model, tokenizer, batches, [mapping], [_pattern(layer)], args, n_grid, duo_scaling
         ).named_modules()
     )
-    scales = _recovered_scales(
-        modules[smooth].weight.detach().float(), done[smooth].weight.detach().float()
+    scales = _recovered_scales(  # on the CPU, like the captured inputs (a model may be on a GPU)
+        modules[smooth].weight.detach().float().cpu(), done[smooth].weight.detach().float().cpu()
     )
-    weight = modules[layer].weight.detach().float()
-    ratio = _chosen_ratio(scales, inputs, weight, group_size, n_grid, duo_scaling)
-    return AWQResult(_dequantized(done[layer]) / scales, scales, ratio, None)
+    weight = modules[layer].weight.detach().float().cpu()
+    rtol = scale_tolerance(modules[smooth].weight.dtype)
+    ratio = _chosen_ratio(scales, inputs, weight, group_size, n_grid, duo_scaling, rtol)
+    return AWQResult(_dequantized(done[layer]).cpu() / scales, scales, ratio, None)
 
 
 def awq_model(

@@ -137,5 +137,7 @@ def awq_layer(
         The ``AWQResult`` of ``awq_quantize`` on the captured inputs.
     """
     inputs = capture_inputs(model, batches, layer)  # checks that `layer` is a linear layer
-    weight = dict(model.named_modules())[layer].weight.detach().float().cpu()
-    return awq_quantize(weight, inputs, bits, group_size, n_grid, duo_scaling)
+    weight = dict(model.named_modules())[layer].weight.detach().float()
+    device = weight.device  # the search runs where the model is (a GPU on the T4 profiles)
+    result = awq_quantize(weight, inputs.to(device), bits, group_size, n_grid, duo_scaling)
+    return AWQResult(result.weight.cpu(), result.scales.cpu(), result.ratio, result.errors)
