@@ -61,7 +61,9 @@ def quantize_column(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bi
 
 def _inverse_cholesky(h: torch.Tensor, percdamp: float) -> torch.Tensor:
     """Upper Cholesky factor of ``(H + damp I)^-1``."""
-    h = h + percdamp * torch.diagonal(h).mean() * torch.eye(h.shape[0], dtype=h.dtype)
+    h = h + percdamp * torch.diagonal(h).mean() * torch.eye(
+        h.shape[0], dtype=h.dtype, device=h.device
+    )
     return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
 
 
@@ -81,7 +83,8 @@ def gptq_quantize(
     w, h = weight.to(torch.float32).clone(), h.to(torch.float32).clone()
     dead = torch.diagonal(h) == 0  # inputs that are always 0: their weights do not matter
     h[dead, dead], w[:, dead] = 1.0, 0.0
-    perm = torch.argsort(torch.diagonal(h), descending=True) if act_order else torch.arange(len(h))
+    order = torch.arange(len(h), device=h.device)
+    perm = torch.argsort(torch.diagonal(h), descending=True) if act_order else order
     w, h = w[:, perm], h[perm][:, perm]  # columns in quantization order
     u = _inverse_cholesky(h, percdamp)  # (in, in) upper triangular
     codes = torch.zeros_like(w)
