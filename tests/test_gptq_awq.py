@@ -97,3 +97,18 @@ def test_awq_bad_input():
         awq.awq_quantize(w, x, n_grid=1)
     with pytest.raises(ValueError, match="features"):
         awq.awq_quantize(w, x[:, :64])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("module", [naive, library])
+def test_gptq_on_cuda_equals_gptq_on_the_cpu(module):
+    """Chapter 06 quantizes on the GPU on the GPU profiles: the same codes as on the CPU."""
+    w, x = _layer(7)
+    h = naive.hessian(x)
+    cpu = module.gptq_quantize(w, h, group_size=32)
+    gpu = module.gptq_quantize(w.cuda(), h.cuda(), group_size=32)
+    assert (gpu.codes.cpu() == cpu.codes).float().mean() > 0.999
+    torch.testing.assert_close(gpu.weight.cpu(), cpu.weight, rtol=1e-4, atol=1e-5)
+    out = awq.awq_quantize(w.cuda(), x.cuda(), group_size=32)
+    assert out.weight.is_cuda and out.ratio == awq.awq_quantize(w, x, group_size=32).ratio
