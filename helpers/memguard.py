@@ -55,14 +55,8 @@ UNSUPPORTED["03_qlora"] = {
     "model does not fit), which the tiny run does not execute; never run on a GPU"
 }
 UNSUPPORTED["06_deploy"] = {
-    name: "not run on GPU profiles yet; it stops at its first cell. The GGUF writer handles Qwen2 "
-    "and streams tensors, and the comparison table builds one quantized copy at a time, but what "
-    "this guard cannot see still scales with the model: the merge check's two copies are fp32 "
-    "(scaled here at the profile's 16 bits), calibration inputs of every linear layer are held at "
-    "once (naive GPTQ/AWQ on the whole model), llm-compressor's whole-model AWQ holds two more "
-    "copies while it runs, the GGUF checks quantize every matrix twice, and llama.cpp runs five "
-    "GGUF types on the CPU over the whole test split"
-    for name in ("t4", "t4-8b", "t4x2", "p100", "gpu-4gb", "gpu-bf16")
+    "t4-8b": "the chapter merges the whole model at once: the merged 7B model in float16 is "
+    "15.2 GB, more than a T4 and Colab's host memory; it stops on t4-8b"
 }
 UNSUPPORTED["07_two_gpus"] = {"t4-8b": "the chapter plans and runs t4x2 (1.5B); it stops on t4-8b"}
 UNSUPPORTED["08_your_data"] = {
