@@ -11,15 +11,15 @@ Importing ``helpers`` sets torch's CPU thread count once for every chapter (see
 
 from __future__ import annotations
 
-import logging
 import os
+
+from helpers import hub_kernels
 
 __version__ = "0.1.0"
 
-# On CPUs with AVX512-BF16, importing bitsandbytes tries to fetch an optional kernel from a hub
-# and logs a warning when it cannot (always, offline); the course never uses that kernel (see
-# helpers.bnb_cpu). Silenced here, before any chapter imports bitsandbytes.
-logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+# On CPUs with AVX512-BF16, importing bitsandbytes asks the hub for an optional kernel that the
+# course never uses (helpers.hub_kernels says why and how the first import skips it).
+hub_kernels.install()
 
 # Measured on a 2-core machine, chapter 02's training step: quiet, 1 thread 0.138 s and 2 threads
 # 0.089 s; with one other training process running, 1 thread 0.138 s and 2 threads 0.248 s (and
