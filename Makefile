@@ -9,7 +9,10 @@
 #                                            versions pyproject.toml allows (venvs in build/)
 PYTHON ?= python3
 # The torch wheel to install when .venv has none (CI machines have 2.13.0's CPU build on disk).
-TORCH ?= torch==2.13.0
+TORCH_VERSION := 2.13.0
+TORCH ?= torch==$(TORCH_VERSION)
+LOCK := requirements.lock
+LOCK_EXTRAS := test deploy sft harness site
 PROFILE ?= auto
 VENV := .venv
 BIN := $(VENV)/bin
@@ -32,14 +35,38 @@ ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 
 .PHONY: course test lab doctor lint clean versions
 
-$(STAMP): pyproject.toml
+# Everything but torch, llama-cpp-python (built here) and llm-compressor is installed from $(LOCK):
+# the exact versions, with their hashes, that the course last passed `make test` with. `make
+# lock` writes it anew (then run `make test` before committing it).
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
 	ls $(WHEELS)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" \
 		CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip wheel -q --no-deps -w $(WHEELS) "$(LLAMA_CPP)"
-	$(BIN)/pip install -q --find-links $(WHEELS) -e ".[test,deploy,sft,harness]"
-	$(BIN)/pip install -q --no-deps "$(LLMCOMPRESSOR)"
+	$(BIN)/pip install -q --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/pip install -q --no-deps --find-links $(WHEELS) "$(LLAMA_CPP)" "$(LLMCOMPRESSOR)"
+	$(BIN)/pip install -q --no-deps -e .
 	touch $(STAMP)
+
+# The lock: pyproject.toml's dependencies and extras resolved for CI's platform (Python 3.11,
+# Linux x86-64) against torch's CPU build, with hashes. torch and llama-cpp-python are left out
+# (installed as above). Needs the package index; the CPU torch comes from $$PIP_FIND_LINKS where
+# set (CI machines keep it on disk), else from PyTorch's CPU index.
+LOCK_TORCH_SOURCE ?= $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),\
+	--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
+.PHONY: lock
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/uv || $(BIN)/pip install -q uv
+	echo "torch==$(TORCH_VERSION)+cpu" > build-lock-torch.txt
+	$(BIN)/uv pip compile -q pyproject.toml $(addprefix --extra ,$(LOCK_EXTRAS)) \
+		--python-version 3.11 --python-platform x86_64-manylinux_2_28 $(LOCK_TORCH_SOURCE) \
+		-c build-lock-torch.txt --no-emit-package torch --no-emit-package llama-cpp-python \
+		--generate-hashes --no-header -o $(LOCK).new; status=$$?; rm -f build-lock-torch.txt; \
+		test $$status = 0 || { rm -f $(LOCK).new; exit $$status; }
+	{ echo "# make lock: the versions make test installs (Python 3.11, Linux x86-64, torch $(TORCH_VERSION)"; \
+	  echo "# CPU build installed separately; llama-cpp-python built by make). Written $$(date -u +%F)."; \
+	  cat $(LOCK).new; } > $(LOCK) && rm $(LOCK).new
 
 # MODEL=build/shapes/t4 runs a GPU profile on a local model, e.g. a shape twin.
 course: $(STAMP)
@@ -104,7 +131,6 @@ workbook: $(STAMP)
 # The course website from the chapters' stored outputs (never executed): build/site/index.html.
 .PHONY: site site-check
 site: $(STAMP)
-	$(BIN)/python -c "import myst_nb, playwright" 2>/dev/null || $(BIN)/pip install -q -e ".[site]"
 	$(BIN)/python -m helpers.site build build/site
 
 # The site in the system's headless Chromium: console errors, plots, links, badges.

@@ -17,6 +17,7 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABL
 export HF_HUB_DISABLE_PROGRESS_BARS=1 OMP_NUM_THREADS=1
 export UV_FIND_LINKS=${UV_FIND_LINKS:-${PIP_FIND_LINKS:-}}
 failed=""
+why=""
 tools=build/venvs/tools
 test -x $tools/bin/uv || { $PYTHON -m venv $tools && $tools/bin/pip install -q uv; }
 # repo2docker writes Binder's Dockerfile without docker: `make versions` then runs
@@ -32,6 +33,9 @@ for set in "$@"; do
   $tools/bin/uv pip install -q --python $venv/bin/python --index-strategy unsafe-best-match \
     -c ".ci/$set.txt" -r pyproject.toml --extra test
   installed=$(( $(date +%s) - start ))
+  # First line of the set's log: what it installed that the lock (make test's set) does not.
+  diff=$($venv/bin/python .ci/lock_diff.py requirements.lock "$set")
+  echo "$diff"
   export PYTHONPATH=$PWD  # the course from this checkout (not before pip: it would see it)
   $venv/bin/python -m helpers.doctor --json > build/venvs/$set-doctor.json || true
   $venv/bin/python - <<'PY'
@@ -40,16 +44,17 @@ print("versions:", ", ".join(f"{p} {m.version(p)}" for p in
       ["torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "ipywidgets"]))
 PY
   COURSE_RESULTS=build/venvs/$set-results.json $venv/bin/python -m pytest -q -p no:cacheprovider \
-    -m "not slow" $TESTS || failed="$failed $set:tests"
+    -m "not slow" $TESTS || { failed="$failed $set:tests"; why="$why\n$diff"; }
   for chapter in $CHAPTERS; do
     if COURSE_BUILD_DIR=build/venvs/$set-out $venv/bin/python -m papermill -k python3 \
       --cwd chapters --no-progress-bar -p PROFILE tiny chapters/$chapter.ipynb \
       build/venvs/$set-$chapter.ipynb > build/venvs/$set-$chapter.log 2>&1; then
       echo "versions $set: chapter $chapter ran"
     else
-      failed="$failed $set:$chapter"; tail -5 build/venvs/$set-$chapter.log
+      failed="$failed $set:$chapter"; why="$why\n$diff"; tail -5 build/venvs/$set-$chapter.log
     fi
   done
   echo "versions $set: install ${installed} s, all $(( $(date +%s) - start )) s"
 done
-test -z "$failed" || { echo "versions: failed:$failed"; exit 1; }
+# A failure's report starts with the versions that differ from the lock: the likely cause.
+test -z "$failed" || { printf '%b\n' "${why#\\n}" | sort -u; echo "versions: failed:$failed"; exit 1; }

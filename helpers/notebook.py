@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from helpers.paths import CHAPTERS_DIR, PACKAGE_DIR
+from helpers.paths import CHAPTERS_DIR, PACKAGE_DIR, REPO_ROOT
 
 # The one place that says where the course lives and which version a notebook fetches: the
 # set-up cell, every launch badge (chapters, workbook/, README) and the website derive from these
@@ -44,17 +44,35 @@ BADGE_IMAGES = {
 # the accelerator IDs Kaggle documents ("NvidiaTeslaT4" = GPU T4 x2) belong to `kaggle kernels
 # push` (kernel-metadata.json's machine_shape), not to this link. So the badge cannot preselect
 # the T4: a learner picks Settings > Accelerator > "GPU T4 x2" after opening the notebook.
-# What a Colab or Kaggle image may lack or have too old, at the versions the course's pinned
-# environment runs; torch is never installed or upgraded here.
-TESTED_VERSIONS = {
-    "transformers": "5.23.0",
-    "peft": "0.21.2",
-    "bitsandbytes": "0.50.2",
-    "accelerate": "1.15.0",
-    "datasets": "5.2.0",
-    "safetensors": "0.8.0",
-    "ipywidgets": "8.1.9",
-}
+# What a Colab or Kaggle image may lack or have too old; the set-up cell installs them at the
+# versions `make test` installs (requirements.lock, written by `make lock`). torch is never
+# installed or upgraded here.
+SETUP_PACKAGES = (
+    "transformers",
+    "peft",
+    "bitsandbytes",
+    "accelerate",
+    "datasets",
+    "safetensors",
+    "ipywidgets",
+)
+
+
+def locked_versions(lock: Path) -> dict[str, str]:
+    """``{name: version}`` of every ``name==version`` line of a lock file (names lower-case).
+
+    Raises:
+        FileNotFoundError: the lock is missing (it says how to write one).
+    """
+    if not lock.is_file():
+        raise FileNotFoundError(f"{lock} is missing: `make lock` writes it")
+    pins = re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)", lock.read_text(), re.M)
+    return {name.lower().replace("_", "-"): version for name, version in pins}
+
+
+LOCK_FILE = REPO_ROOT / "requirements.lock"
+_LOCKED = locked_versions(LOCK_FILE)
+TESTED_VERSIONS = {name: _LOCKED[name] for name in SETUP_PACKAGES}
 NETWORK_ERRORS = ("resolve host", "name resolution", "NewConnectionError", "Network is unreachable")
 P100_FIX_LINE = "P100_FIX = False  # True on a Kaggle P100: install torch's cu126 build (sm_60)"
 
