@@ -12,13 +12,17 @@ import pytest
 import torch
 from device_emulation import DeviceMismatch, emulated_device, on_device
 
-from helpers import doctor, prompting, task, train
+from helpers import doctor, packing, prompting, task, train
+from helpers.accumulation import library as acc_library
+from helpers.accumulation import naive as acc_naive
+from helpers.awq import naive as awq_naive
 from helpers.data import Collator, load_task
 from helpers.evaluation import library as eval_library
 from helpers.evaluation import naive as eval_naive
 from helpers.harness import naive as harness_naive
 from helpers.models import load_model
 from helpers.paths import DATA_DIR
+from helpers.qlora import checkpoint
 from helpers.quantization import measure
 from helpers.sft import byod
 
@@ -187,3 +191,71 @@ def test_harness_generation_feeds_the_models_device(twin, tiny):
         twin.evaluate_generation(
             model, tokenizer, DATA_DIR / "task" / "test.jsonl", limit=2, max_new_tokens=4
         )
+
+
+def _lora(tiny_profile):
+    from peft import LoraConfig, get_peft_model
+
+    model, tokenizer = load_model(tiny_profile, load_in_4bit=False)
+    return get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"])
+    ), tokenizer
+
+
+def test_packing_loss_sums_feed_the_models_device(tiny):
+    model, tokenizer = tiny
+    ids = tokenizer("I returned the kettle.", add_special_tokens=False)["input_ids"]
+    encoded = [{"input_ids": ids, "labels": ids}, {"input_ids": ids[:3], "labels": ids[:3]}]
+    batch = {"input_ids": torch.tensor([ids]), "labels": torch.tensor([ids])}  # (1, T) on the CPU
+    with emulated_device(model):
+        packing.alone_loss_sum(model, encoded)
+        packing.loss_sum(model, batch)
+
+
+@pytest.mark.parametrize(
+    "twin", [pytest.param(acc_naive, id="naive"), pytest.param(acc_library, id="library")]
+)
+def test_accumulation_feeds_the_models_device(twin, tiny_profile, records, monkeypatch):
+    """Chapter 04 moves its micro-batches to the model; the helpers' own tensors follow them."""
+    from transformers import PreTrainedModel
+
+    monkeypatch.setattr(PreTrainedModel, "set_use_kernels", lambda self, *a, **k: None)
+    model, tokenizer = _lora(tiny_profile)
+    collate = Collator(tokenizer, 64)
+    window = [collate([records[0], records[1]]), collate([records[2], records[3]])]
+    with emulated_device(model):
+        device = next(model.parameters()).device
+        window = [{k: v.to(device) for k, v in b.items()} for b in window]
+        twin.full_batch_gradients(model, window[0])
+        twin.window_gradients(model, window)
+        twin.mean_of_means_gradients(model, window)
+        twin.train(model, [window], lr=1e-3)
+
+
+def test_train_with_checkpoints_feeds_the_models_device(
+    tiny_profile, records, tmp_path, monkeypatch
+):
+    from transformers import PreTrainedModel
+
+    monkeypatch.setattr(PreTrainedModel, "set_use_kernels", lambda self, *a, **k: None)
+    model, tokenizer = _lora(tiny_profile)
+    with emulated_device(model):
+        checkpoint.train_with_checkpoints(
+            model,
+            tokenizer,
+            records,
+            folder=tmp_path,
+            max_steps=2,
+            save_every=1,
+            micro_batch_size=2,
+            lr=1e-3,
+            progress=False,
+            say=lambda text: None,
+        )
+
+
+def test_awq_capture_inputs_feeds_the_models_device(tiny):
+    model, tokenizer = tiny
+    ids = tokenizer("I returned the kettle.", add_special_tokens=False)["input_ids"]
+    with emulated_device(model):
+        awq_naive.capture_inputs(model, [ids], "model.layers.0.self_attn.q_proj")
