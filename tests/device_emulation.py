@@ -161,6 +161,8 @@ def emulated_device(*modules: nn.Module) -> Iterator[EmulatedDevice]:
     device = EmulatedDevice()
     for module in modules:
         device.put(module)
+    if "device" in vars(torch.Tensor):
+        raise RuntimeError("emulated_device() blocks cannot nest, and torch.Tensor.device is set")
     real = torch._C.TensorBase.device  # the C getter; torch.Tensor only inherits it
     torch.Tensor.device = property(lambda t: FAKE if on_device(t) else real.__get__(t))
     try:

@@ -59,6 +59,20 @@ def test_the_emulated_device_catches_a_cpu_input(tiny):
         assert on_device(model(**moved).logits)
 
 
+def test_the_emulated_device_behaves_like_a_gpu_and_goes_away():
+    layer = torch.nn.Linear(4, 3)
+    with emulated_device(layer):
+        device = next(layer.parameters()).device
+        assert device.type == "meta" and torch.zeros(2, device=device).device == device
+        with pytest.raises(DeviceMismatch, match="cat"):
+            torch.cat([layer.weight, torch.zeros(1, 4)])
+        out = layer(torch.ones(2, 4).to(device)) * torch.tensor(2.0)  # a 0-dim CPU scalar is fine
+        assert on_device(out) and not on_device(out.cpu())
+        assert isinstance(out.sum().item(), float)  # real data behind the emulated device
+    assert layer.weight.device.type == "cpu" and not on_device(layer.weight)
+    assert "device" not in vars(torch.Tensor)
+
+
 @pytest.mark.parametrize("index", range(3), ids=["forward_backward", "four_bit", "lora_step"])
 def test_doctor_self_test_feeds_the_models_device(index, monkeypatch):
     import helpers.models
