@@ -17,6 +17,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -100,10 +101,48 @@ def data_problem() -> str | None:
     )
 
 
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def local_model_problem(folder: str | os.PathLike) -> str | None:
+    """What is missing from a local model folder (None when it has a config and weights).
+
+    Args:
+        folder: a folder such as ``COURSE_MODEL_DIR`` points at (a shape twin, a snapshot).
+    Returns:
+        A sentence naming the missing piece and what to do, or None.
+    """
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        return f"the folder {path} does not exist"
+    if not (path / "config.json").is_file():
+        return f"{path} has no config.json"
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        return f"{path} has no weights ({' or '.join(WEIGHT_FILES)})"
+    return None
+
+
+def _is_folder_id(model_id: str) -> bool:
+    """A model id that names a local folder (an absolute or ./ path, or an existing folder)."""
+    return (
+        os.path.isabs(os.path.expanduser(model_id))
+        or model_id.startswith(".")
+        or (Path(model_id).is_dir())
+    )
+
+
 def _model_reachable(profile: Profile) -> bool:
-    """Whether the profile's model can be read here: shipped, cached, or the hub allowed."""
+    """Whether the profile's model can be read here: shipped, a complete local folder, cached,
+    or the hub allowed."""
     if profile.is_local:
         return True
+    if _is_folder_id(profile.model_id):  # COURSE_MODEL_DIR: a folder, never a hub id
+        return local_model_problem(profile.model_id) is None
     if os.environ.get("HF_HUB_OFFLINE", "") not in ("1", "true", "True", "YES", "yes"):
         return True
     from huggingface_hub import try_to_load_from_cache
@@ -129,7 +168,16 @@ def profile_problems(profile: Profile, hw: Hardware) -> list[str]:
             f"Profile {profile.name!r} computes in bf16, which the {hw.gpu_name} only emulates. "
             "Use PROFILE='auto' (fp16 here)."
         )
-    if not _model_reachable(profile):
+    if _is_folder_id(profile.model_id) and not profile.is_local:
+        problem = local_model_problem(profile.model_id)
+        if problem:
+            out.append(
+                f"Profile {profile.name!r} loads the local folder {profile.model_id} "
+                f"(COURSE_MODEL_DIR), but {problem}. Point COURSE_MODEL_DIR at a folder with "
+                "config.json and the weights (python -m helpers.shapes build <profile> makes "
+                "one), or unset it to load the profile's hub model."
+            )
+    elif not _model_reachable(profile):
         out.append(
             f"Profile {profile.name!r} loads {profile.model_id}, which is not in the local cache, "
             "and HF_HUB_OFFLINE is set. Download it first, or use PROFILE='tiny'."
@@ -144,14 +192,18 @@ def _self_test_steps() -> list[tuple[str, Callable[[], None]]]:
 
     tiny = get_profile("tiny")
 
+    def encode(model, tok, text: str):
+        """The text's ids on the model's device (the GPU when load_model put it there)."""
+        return tok([text], return_tensors="pt").to(next(model.parameters()).device)
+
     def forward_backward():
         model, tok = load_model(tiny)
-        batch = tok(["The parcel arrived two days early."], return_tensors="pt")
+        batch = encode(model, tok, "The parcel arrived two days early.")
         model(**batch, labels=batch["input_ids"]).loss.backward()
 
     def four_bit_load():
         model, tok = load_model(tiny, load_in_4bit=True)
-        batch = tok(["The invoice shows a fee."], return_tensors="pt")
+        batch = encode(model, tok, "The invoice shows a fee.")
         with torch.no_grad():
             assert torch.isfinite(model(**batch).logits).all(), "non-finite 4-bit logits"
 
@@ -159,7 +211,7 @@ def _self_test_steps() -> list[tuple[str, Callable[[], None]]]:
         model, tok = load_model(tiny)
         model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]))
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-        batch = tok(["I returned the kettle."], return_tensors="pt")
+        batch = encode(model, tok, "I returned the kettle.")
         model(**batch, labels=batch["input_ids"]).loss.backward()
         opt.step()
 

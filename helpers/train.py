@@ -31,7 +31,9 @@ def _batches(dataset, collate: Collator, micro_batch_size: int, seed: int):
 
 
 def token_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Sum of next-token cross-entropies over the batch's target tokens."""
+    """Sum of next-token cross-entropies over the batch's target tokens (a 0-dim tensor on the
+    model's device; the batch is moved there, as a ``Collator`` builds it on the CPU)."""
+    batch = {k: v.to(next(model.parameters()).device) for k, v in batch.items()}
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     # Position t predicts token t + 1: drop the last logit and the first label.
     logits, labels = logits[:, :-1].float(), batch["labels"][:, 1:]  # (B, T-1, V), (B, T-1)

@@ -127,3 +127,23 @@ def test_loading_the_tiny_model_without_data_names_the_missing_files(monkeypatch
         models.load_model(profile)
     assert "tiny model" in str(err.value) and "COURSE_ROOT" in str(err.value)
     assert "Repo id" not in str(err.value)
+
+
+def test_doctor_checks_a_course_model_dir_as_a_folder_not_a_hub_id(monkeypatch, tmp_path):
+    """COURSE_MODEL_DIR (a shape twin) is read from disk: offline, a complete folder is fine;
+    a folder without weights is named as such, with what to do."""
+    t4 = Hardware(device="cuda", gpu_name="Tesla T4", capability=(7, 5), total_memory_gb=14.7)
+    _quiet(monkeypatch, t4, hub=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    twin = tmp_path / "twin"
+    twin.mkdir()
+    (twin / "config.json").write_text("{}")
+    monkeypatch.setenv("COURSE_MODEL_DIR", str(twin))
+    report = doctor.diagnose("t4")
+    assert any("has no weights" in p and "COURSE_MODEL_DIR" in p for p in report["problems"])
+    (twin / "model.safetensors").write_bytes(b"")
+    report = doctor.diagnose("t4")
+    assert report["problems"] == [] and report["ok"], report["problems"]
+    monkeypatch.setenv("COURSE_MODEL_DIR", str(tmp_path / "gone"))
+    report = doctor.diagnose("t4")
+    assert any("does not exist" in p for p in report["problems"])

@@ -53,8 +53,11 @@ def sequence_nll(
     Args:
         input_ids, labels, attention_mask: (B, T), labels ``-100`` where not a target.
     Returns:
-        ``(nll, n_tokens)``: (B,) float32 sums and (B,) target counts.
+        ``(nll, n_tokens)``: (B,) float32 sums and (B,) target counts, on the model's device.
     """
+    device = next(model.parameters()).device
+    input_ids, labels = input_ids.to(device), labels.to(device)
+    attention_mask = None if attention_mask is None else attention_mask.to(device)
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, T, V)
     vocab_size = logits.shape[-1]
     nll = torch.stack(
@@ -111,9 +114,10 @@ def greedy_generate(
     """
     if naive._no_new_tokens(input_ids, max_new_tokens):  # generate refuses 0 new tokens
         return input_ids.new_empty(input_ids.shape[0], 0)  # (B, 0)
+    device = next(model.parameters()).device  # the tokenizer's tensors are on the CPU
     out = model.generate(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
+        input_ids=input_ids.to(device),
+        attention_mask=attention_mask.to(device),
         max_new_tokens=max_new_tokens,
         do_sample=False,
         eos_token_id=eos_token_id,

@@ -53,8 +53,13 @@ def sequence_nll(
             Position t is predicted from positions < t, so ``labels[:, 0]`` is never scored.
         attention_mask: (B, T) 1 for real tokens, 0 for padding; None means all real.
     Returns:
-        ``(nll, n_tokens)``: (B,) float32 sums of -log p(target), and (B,) target counts.
+        ``(nll, n_tokens)``: (B,) float32 sums of -log p(target), and (B,) target counts, on
+        the model's device (the inputs are moved there: they may come from the tokenizer, on
+        the CPU).
     """
+    device = next(model.parameters()).device
+    input_ids, labels = input_ids.to(device), labels.to(device)
+    attention_mask = None if attention_mask is None else attention_mask.to(device)
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, T, V)
     # Position t predicts token t + 1: drop the last logit and the first label.
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
@@ -162,10 +167,12 @@ def greedy_generate(
     Returns:
         (B, S) the new tokens, S <= max_new_tokens; a row that has emitted eos continues with
         ``pad_token_id`` until every row has finished (as ``model.generate`` does). For
-        ``max_new_tokens=0``, (B, 0).
+        ``max_new_tokens=0``, (B, 0). On the model's device (the prompts are moved there).
     """
     if _no_new_tokens(input_ids, max_new_tokens):
         return input_ids.new_empty(input_ids.shape[0], 0)  # (B, 0): nothing asked, nothing run
+    device = next(model.parameters()).device  # the tokenizer's tensors are on the CPU
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     if not bool(attention_mask[:, -1].all()):
         raise ValueError("greedy_generate needs left padding: set tokenizer.padding_side='left'")
     # A row's positions count its real tokens only; left pads get position 0 (masked anyway).

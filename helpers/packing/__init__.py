@@ -38,11 +38,13 @@ def loss_sum(model, batch: dict[str, torch.Tensor], use_cache: bool = False) -> 
         use_cache: False as in training. With a KV cache (the tiny model's config default)
             transformers 5.x skips its packed-row check and packed examples see each other.
     Returns:
-        A scalar tensor.
+        A scalar tensor on the model's device (the batch, built on the CPU, is moved there).
     """
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    device = next(model.parameters()).device
+    keys = ("input_ids", "attention_mask", "position_ids")
+    inputs = {k: batch[k].to(device) for k in keys if k in batch}
     logits = model(**inputs, use_cache=use_cache).logits[:, :-1].float()  # (B, T-1, V)
-    labels = batch["labels"][:, 1:]  # (B, T-1)
+    labels = batch["labels"][:, 1:].to(device)  # (B, T-1)
     return F.cross_entropy(
         logits.reshape(-1, logits.size(-1)),
         labels.reshape(-1),
