@@ -49,7 +49,7 @@ def summarize(folder: Path, profile: str, chapter: str, budget_gib: float,
         status = "ok"
     results_file = folder / "results.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
-    cell = (peak.get("cell") or "").strip().splitlines()
+    cell = (peak.get("cell") or "").strip().splitlines() if peak.get("reserved") else []
     return {
         "chapter": chapter, "profile": profile, "budget_gib": budget_gib, "status": status,
         "peak_reserved_gib": round(peak.get("reserved", 0.0), 3),
