@@ -117,7 +117,7 @@ site-check: site
 # Needs no venv and no stamp: a GPU machine with torch, transformers, peft, bitsandbytes,
 # papermill and ipykernel runs it with its own python (GPU_PYTHON). Exit 2: no CUDA GPU.
 GPU_PYTHON ?= python3
-GPU_TIMEOUT ?= 420
+GPU_TIMEOUT ?= 400
 gpu-check:
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 \
 		HF_HUB_DISABLE_PROGRESS_BARS=1 PYTHONUNBUFFERED=1 \

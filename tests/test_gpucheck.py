@@ -155,3 +155,9 @@ def test_cuda_context_is_measured():
 
     context = cuda.measure_context()
     assert context is not None and 0.05 < context < 2.0
+
+
+def test_an_out_of_memory_of_the_whole_gpu_is_told_apart_from_the_cap():
+    cap = "OutOfMemoryError: Tried to allocate 1.16 GiB. GPU 0 has a total capacity of 139.80 GiB of which 105.75 GiB is free."
+    full = "OutOfMemoryError: Tried to allocate 1.16 GiB. GPU 0 has a total capacity of 139.80 GiB of which 312.00 MiB is free."
+    assert summary.device_full(cap) == "" and "whole GPU was full" in summary.device_full(full)

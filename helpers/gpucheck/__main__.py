@@ -128,7 +128,7 @@ def run_command(args) -> int:
            "commit": commit_of(REPO_ROOT), "cuda_context_gib": context, "budgets": budgets,
            "runs": rows}  # fmt: skip
     if bench:
-        doc["benchmark"] = collect_benchmark(bench, work, deadline + 60)
+        doc["benchmark"] = collect_benchmark(bench, work, deadline)
     summary.write_atomic(Path(args.out), doc)
     print(summary.table(doc))
     print(f"gpucheck: wrote {args.out}; logs in {work}")
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument(
         "--jobs", help="PROFILE:CHAPTER pairs, e.g. 't4:01,gpu-4gb:03' (default: all)"
     )
-    p_run.add_argument("--timeout", type=float, default=420, help="global deadline, seconds")
+    p_run.add_argument("--timeout", type=float, default=400, help="global deadline, seconds")
     p_run.add_argument("--per-run-timeout", type=float, default=360, help="seconds per chapter")
     p_run.add_argument("--benchmark", action="store_true", help="also the Unsloth-config benchmark")
     p_run.add_argument("--out", default=str(MEASURED))

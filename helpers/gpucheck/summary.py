@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -30,6 +31,18 @@ def tokens_per_s(results: dict) -> float | None:
     return None
 
 
+def device_full(error: str, below_gib: float = 2.0) -> str:
+    """A note when an out-of-memory error came from the whole GPU being full (other runs
+    side by side), not from the run's own cap: CUDA's message says how much was free."""
+    found = re.search(r"of which ([0-9.]+) (GiB|MiB) is free", error)
+    if not found:
+        return ""
+    free = float(found[1]) / (1024 if found[2] == "MiB" else 1)
+    return (
+        " [the whole GPU was full, not the cap: rerun this job alone]" if free < below_gib else ""
+    )
+
+
 def summarize(folder: Path, profile: str, chapter: str, budget_gib: float,
               returncode: int | None, timed_out: bool) -> dict:  # fmt: skip
     """One run's row: status ("ok", "failed: <first error>", "timeout"), peak reserved memory
@@ -40,7 +53,7 @@ def summarize(folder: Path, profile: str, chapter: str, budget_gib: float,
     if timed_out:
         status = "timeout"
     elif errors:
-        status = f"failed: {errors[0]}"
+        status = f"failed: {errors[0]}{device_full(errors[0])}"
     elif returncode:
         log = folder / "papermill.log"
         tail = log.read_text().strip().splitlines()[-1:] if log.is_file() else []
