@@ -161,3 +161,12 @@ def test_an_out_of_memory_of_the_whole_gpu_is_told_apart_from_the_cap():
     cap = "OutOfMemoryError: Tried to allocate 1.16 GiB. GPU 0 has a total capacity of 139.80 GiB of which 105.75 GiB is free."
     full = "OutOfMemoryError: Tried to allocate 1.16 GiB. GPU 0 has a total capacity of 139.80 GiB of which 312.00 MiB is free."
     assert summary.device_full(cap) == "" and "whole GPU was full" in summary.device_full(full)
+
+
+def test_readme_shows_the_benchmark_beside_unsloth():
+    ok = {"status": "ok", "peak_reserved_gb": 8.5, "train_tokens_per_s": 2100.0}
+    bench = {"config": benchmark.CONFIG, "unsloth": benchmark.UNSLOTH,
+             "loops": {"course": ok, "peft": {"status": "timeout"}}}  # fmt: skip
+    text = readme.section({**_doc([]), "benchmark": bench})
+    assert "| Unsloth (Tesla T4" in text and "| 7.89 GB |" in text
+    assert "| course | 8.50 GB | 2100.0 | ok |" in text and "| peft | - | - | timeout |" in text

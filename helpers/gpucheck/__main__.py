@@ -13,7 +13,7 @@ from pathlib import Path
 
 from helpers.gpucheck import benchmark, cuda, readme, runner, summary
 from helpers.gpucheck.jobs import parse_jobs
-from helpers.hardware import BUDGET_MARGIN_GIB, CARD_TOTAL_GIB
+from helpers.hardware import BUDGET_MARGIN_GIB, CARD_TOTAL_GIB, PLANNED_CUDA_CONTEXT_GIB
 from helpers.paths import DATA_DIR, REPO_ROOT, build_dir
 
 MEASURED = DATA_DIR / "gpu" / "measured.json"
@@ -118,7 +118,7 @@ def run_command(args) -> int:
     context = cuda.measure_context()
     print(f"gpucheck: {gpu}, torch {torch_version}, CUDA context {context} GiB")
     jobs = parse_jobs(args.jobs)
-    budgets = budgets_for({p for p, _ in jobs}, context if context else 0.5)
+    budgets = budgets_for({p for p, _ in jobs}, context or PLANNED_CUDA_CONTEXT_GIB)
     runs, bench, failed = launch(args, work, budgets)
     runner.wait_all(runs, args.per_run_timeout, deadline)
     rows = [summary.summarize(r.folder, r.profile, r.chapter, r.budget_gib,

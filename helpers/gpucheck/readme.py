@@ -53,6 +53,31 @@ def run_lines(doc: dict) -> list[str]:
     return lines
 
 
+def benchmark_lines(doc: dict) -> list[str]:
+    """The Unsloth-config benchmark, when the document holds one: each loop beside Unsloth's."""
+    bench = doc.get("benchmark")
+    if not bench:
+        return []
+    u = bench["unsloth"]
+    lines = ["", f"QLoRA at Unsloth's T4 configuration for Qwen2.5-7B on the 7B shape twin "
+             f"({json_config(bench['config'])}; full 2,048-token sequences, run beside the "
+             "chapters, so tokens/s are not a T4's):", "",
+             "| loop | peak reserved | tokens/s | status |", "|---|---|---|---|",
+             f"| Unsloth ({u['gpu']}, {u['source']}) | {u['peak_reserved_gb']} GB | - | published |"]  # fmt: skip
+    for loop, r in bench["loops"].items():
+        peak = f"{r['peak_reserved_gb']:.2f} GB" if r.get("peak_reserved_gb") else "-"
+        lines.append(f"| {loop} | {peak} | {r.get('train_tokens_per_s') or '-'} | "
+                     f"{r['status'][:80]} |")  # fmt: skip
+    return lines
+
+
+def json_config(config: dict) -> str:
+    """``r=16, micro-batch 2 x 4, ...`` from the benchmark's configuration."""
+    return (f"r={config['lora_r']} on all linear layers, micro-batch {config['micro_batch_size']} "
+            f"x {config['grad_accum_steps']} accumulation, {config['max_seq_len']} tokens, "
+            f"checkpointing, {config['compute_dtype']}, {config['optimizer']}")  # fmt: skip
+
+
 def section(doc: dict) -> str:
     """The generated Markdown: what was measured, where, when, at which caps; then budgets."""
     caps = ", ".join(f"`{p}` {g:.2f} GiB" for p, g in sorted(doc.get("budgets", {}).items()))
@@ -64,6 +89,7 @@ def section(doc: dict) -> str:
         *(["", doc["note"]] if doc.get("note") else []),
         "",
         *run_lines(doc),
+        *benchmark_lines(doc),
         "",
         "Card budgets (what `COURSE_GPU_MEMORY_GIB`, the doctor and the memory guard use; "
         "sources in `helpers/hardware.py`):",
