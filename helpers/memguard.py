@@ -12,8 +12,12 @@ that ``helpers.report.set_chapter`` registers records, after every cell, what st
 
 ``check`` scales every cell to every GPU profile (the profile's model and dtype; unquantized
 copies at the profile's compute dtype, 4-bit copies as NF4) and fails when a predicted peak
-exceeds the card less its CUDA context. What is seen is the state at the end of each cell:
-a transient inside a cell (a temporary copy freed before the cell ends) is not.
+exceeds the card's budget (``helpers.hardware.card_budget``). A GPU measurement of the
+chapter's current version (``data/gpu/measured.json``, ``python -m helpers.gpucheck``)
+outranks the prediction; every verdict says "measured on <gpu>, <date>" or "planned". What is
+predicted is the state at the end of each cell: a transient inside a cell (a temporary copy
+freed before the cell ends, fp32 logits over the vocabulary) is not, which is why the
+prediction misses the 2026-12-04 measurement (tests/test_memguard_measured.py).
 
     python -m helpers.memguard check [FILE]   # fail (exit 1) with a table of what overflows
     python -m helpers.memguard table [FILE]   # chapter x profile: predicted peak, card, verdict
