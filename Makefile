@@ -7,6 +7,9 @@
 #   make site-check                          the site in headless Chromium (apt-get install chromium)
 #   make versions                            tests + two chapters at the lowest and newest
 #                                            versions pyproject.toml allows (venvs in build/)
+#   make gpu-check [JOBS=t4:01,...]          on a CUDA machine: every chapter on the GPU profiles
+#                                            it claims, capped at each card's budget, into
+#                                            data/gpu/measured.json and README's table
 PYTHON ?= python3
 # The torch wheel to install when .venv has none (CI machines have 2.13.0's CPU build on disk).
 TORCH_VERSION := 2.13.0
@@ -33,7 +36,7 @@ TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_D
 # Jupyter refuses to run as root unless told; containers and CI machines often are root.
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: course test lab doctor lint clean versions
+.PHONY: course test lab doctor lint clean versions gpu-check
 
 # Everything but torch, llama-cpp-python (built here) and llm-compressor is installed from $(LOCK):
 # the exact versions, with their hashes, that the course last passed `make test` with. `make
@@ -136,3 +139,14 @@ site: $(STAMP)
 # The site in the system's headless Chromium: console errors, plots, links, badges.
 site-check: site
 	COURSE_SITE_DIR=build/site $(TEST_ENV) $(BIN)/python -m pytest -p no:cacheprovider -q tests/test_site.py
+
+# Needs no venv and no stamp: a GPU machine with torch, transformers, peft, bitsandbytes,
+# papermill and ipykernel runs it with its own python (GPU_PYTHON). Exit 2: no CUDA GPU.
+GPU_PYTHON ?= python3
+GPU_TIMEOUT ?= 400
+gpu-check:
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 \
+		HF_HUB_DISABLE_PROGRESS_BARS=1 PYTHONUNBUFFERED=1 \
+		$(GPU_PYTHON) -m helpers.gpucheck run --benchmark --timeout $(GPU_TIMEOUT) \
+		$(if $(JOBS),--jobs "$(JOBS)"); rc=$$?; \
+		if [ $$rc -le 1 ]; then $(GPU_PYTHON) -m helpers.gpucheck readme; fi; exit $$rc

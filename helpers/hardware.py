@@ -153,3 +153,78 @@ def detect() -> Hardware:
         gpu_names=tuple(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())),
         **common,
     )
+
+
+# --- Card budgets: what a chapter may allocate on each GPU profile's card ---------------------
+# A budget is what PyTorch can allocate on the real card (torch.cuda.get_device_properties(0)
+# .total_memory, in GiB), less the CUDA context (created before PyTorch allocates anything),
+# less a margin. The totals, as PyTorch and CUDA report them on the real cards:
+# - T4 (t4, t4-8b, t4x2 per GPU): 14.75 GiB (TensorFlow's device log of T4s, "deviceMemorySize:
+#   14.75GiB", github.com/NVIDIA/DALI/issues/1813; Colab and Kaggle report 15,095 to 15,109 MiB).
+# - GTX 1650 4 GB (gpu-4gb): 3.81 GiB (PyTorch's out-of-memory message on a GTX 1650,
+#   "3.81 GiB total capacity", github.com/ultralytics/yolov5/issues/285).
+# - P100 16 GB and 12 GB bf16 cards: declared sizes, no reported total found yet (planned).
+CARD_TOTAL_GIB: dict[str, float] = {
+    "t4": 14.75, "t4-8b": 14.75, "t4x2": 14.75, "gpu-4gb": 3.81, "p100": 15.9, "gpu-bf16": 12.0,
+}  # fmt: skip
+CARD_SOURCES: dict[str, str] = {
+    "t4": "github.com/NVIDIA/DALI/issues/1813 (T4 deviceMemorySize 14.75GiB)",
+    "gpu-4gb": "github.com/ultralytics/yolov5/issues/285 (GTX 1650, 3.81 GiB total capacity)",
+    "p100": "declared (16 GB card), not yet sourced",
+    "gpu-bf16": "declared (12 GB and up), not yet sourced",
+}
+for _name in ("t4-8b", "t4x2"):
+    CARD_SOURCES[_name] = CARD_SOURCES["t4"]
+# The CUDA context (driver state, kernels loaded lazily, cuBLAS handles) until gpucheck measures
+# it: 0.3 to 0.5 GiB on a T4 under CUDA 12 (the issue's estimate); planned, not measured.
+PLANNED_CUDA_CONTEXT_GIB = 0.5
+# What else may hold memory on a real card: a display (a laptop's 4 GB card drives one), other
+# processes, the driver's own growth; a choice, not a measurement.
+BUDGET_MARGIN_GIB = 0.25
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One GPU profile's memory budget and where its numbers come from."""
+
+    profile: str
+    total_gib: float  # what PyTorch can allocate on the real card
+    context_gib: float  # the CUDA context
+    margin_gib: float
+    context_source: str  # "measured on <gpu>, <date>" or "planned"
+
+    @property
+    def gib(self) -> float:
+        """The budget: total less the CUDA context less the margin, rounded to 0.01 GiB."""
+        return round(self.total_gib - self.context_gib - self.margin_gib, 2)
+
+
+def measured_context(path=None) -> tuple[float, str] | None:
+    """The CUDA context ``python -m helpers.gpucheck`` measured, from ``data/gpu/measured.json``:
+    ``(GiB, "measured on <gpu>, <date>")``, or None when no measurement holds one."""
+    import json
+    from pathlib import Path
+
+    from helpers.paths import DATA_DIR
+
+    path = Path(path) if path else DATA_DIR / "gpu" / "measured.json"
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    value = doc.get("cuda_context_gib")
+    if not isinstance(value, int | float) or not value > 0:
+        return None
+    return float(value), f"measured on {doc.get('gpu', '?')}, {doc.get('date', '?')}"
+
+
+def card_budget(profile: str, path=None) -> Budget:
+    """The budget of a GPU profile's card (``CARD_TOTAL_GIB``).
+
+    Raises:
+        KeyError: the profile has no card (``tiny``) or is unknown; the message lists them.
+    """
+    if profile not in CARD_TOTAL_GIB:
+        raise KeyError(f"no card budget for profile {profile!r}: one of {sorted(CARD_TOTAL_GIB)}")
+    context = measured_context(path) or (PLANNED_CUDA_CONTEXT_GIB, "planned")
+    return Budget(profile, CARD_TOTAL_GIB[profile], context[0], BUDGET_MARGIN_GIB, context[1])

@@ -12,8 +12,12 @@ that ``helpers.report.set_chapter`` registers records, after every cell, what st
 
 ``check`` scales every cell to every GPU profile (the profile's model and dtype; unquantized
 copies at the profile's compute dtype, 4-bit copies as NF4) and fails when a predicted peak
-exceeds the card less its CUDA context. What is seen is the state at the end of each cell:
-a transient inside a cell (a temporary copy freed before the cell ends) is not.
+exceeds the card's budget (``helpers.hardware.card_budget``). A GPU measurement of the
+chapter's current version (``data/gpu/measured.json``, ``python -m helpers.gpucheck``)
+outranks the prediction; every verdict says "measured on <gpu>, <date>" or "planned". What is
+predicted is the state at the end of each cell: a transient inside a cell (a temporary copy
+freed before the cell ends, fp32 logits over the vocabulary) is not, which is why the
+prediction misses the 2026-12-04 measurement (tests/test_memguard_measured.py).
 
     python -m helpers.memguard check [FILE]   # fail (exit 1) with a table of what overflows
     python -m helpers.memguard table [FILE]   # chapter x profile: predicted peak, card, verdict
@@ -22,6 +26,7 @@ a transient inside a cell (a temporary copy freed before the cell ends) is not.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import os
@@ -33,17 +38,15 @@ from pathlib import Path
 
 import torch
 
+from helpers.hardware import CARD_TOTAL_GIB, card_budget
 from helpers.memory import DTYPE_BYTES, GIB, ModelShape, RunSpec
 from helpers.memory import naive as planner
 from helpers.paths import CHAPTERS_DIR, REPO_ROOT, TINY_MODEL_DIR, build_dir
 
 ENV = "COURSE_MEMGUARD"
-# Memory a card offers (GiB, as torch reports it): a T4 shows about 14.7 GiB on Colab and
-# Kaggle; the 4 GB profile is a GTX 1650-class card; gpu-bf16 is declared for 12 GB and up.
-# A P100 has 16 GB (about 15.9 GiB); t4x2 is planned per GPU, one T4 each.
-CARD_GIB = {
-    "t4": 14.7, "t4-8b": 14.7, "t4x2": 14.7, "p100": 15.9, "gpu-4gb": 4.0, "gpu-bf16": 12.0,
-}  # fmt: skip
+# Each GPU profile's budget (GiB): what PyTorch can allocate on its real card less the CUDA
+# context less a margin; one home, helpers.hardware.card_budget (sources there).
+CARD_GIB = {name: card_budget(name).gib for name in CARD_TOTAL_GIB}
 # Profiles a chapter does not support: it stops at its first cell with a message naming the
 # profile that works (README, "What runs where"). Skipped by the guard, with the reason.
 UNSUPPORTED = {
@@ -64,7 +67,7 @@ UNSUPPORTED["08_your_data"] = {
     "base, the merge for chapter 06's export) has never run; it stops on GPU profiles"
     for name in ("t4", "t4-8b", "t4x2", "p100", "gpu-4gb", "gpu-bf16")
 }
-CAVEAT = "CPU-calibrated estimate, not yet measured on a GPU"
+CAVEAT = "planned: CPU-calibrated estimates; measured rows come from data/gpu/measured.json"
 # helpers.models.load_model marks a model it loads in the profile's own precision (no explicit
 # load_in_4bit) with this attribute: on the tiny profile it is unquantized, on a 4-bit GPU
 # profile its linear layers would be NF4.
@@ -355,22 +358,53 @@ class Row:
     cell: str = ""
     reason: str = ""
     error: bool = False  # the guard failed to measure a cell: check fails
+    measured: dict | None = None  # a GPU run of this chapter's current version, if any
 
     @property
     def ok(self) -> bool:
+        """A measurement outranks the prediction: a measured run fits when it ran and
+        peaked within the budget."""
+        if self.measured is not None:
+            peak = self.measured["peak_reserved_gib"] or 0.0
+            return self.measured["status"] == "ok" and peak * GIB <= self.card_bytes
         if self.error:
             return False
         return self.peak_bytes is None or self.peak_bytes <= self.card_bytes
 
     @property
+    def source(self) -> str:
+        """ "measured on <gpu>, <date> (commit ...)" or "planned"."""
+        m = self.measured
+        return f"measured on {m['gpu']}, {m['date']} (commit {m['commit']})" if m else "planned"
+
+    @property
     def verdict(self) -> str:
+        if self.measured is not None:
+            m = self.measured
+            what = "fits" if self.ok else "DOES NOT FIT"
+            status = "" if m["status"] == "ok" else f", {m['status'][:60]}"
+            return f"{what} ({self.source}: {m['peak_reserved_gib']:.2f} GiB{status})"
         if self.peak_bytes is None:
             return f"{'FAILED' if self.error else 'skipped'}: {self.reason}"
-        return "fits" if self.ok else "DOES NOT FIT"
+        return f"{'fits' if self.ok else 'DOES NOT FIT'} (planned)"
 
 
-def evaluate(data: dict, profiles: dict | None = None) -> list[Row]:
-    """Every recorded chapter on every GPU profile (``CARD_GIB``)."""
+def evaluate(data: dict, profiles: dict | None = None, measured: dict | None = None) -> list[Row]:
+    """Every recorded chapter on every GPU profile (``CARD_GIB``), each with its GPU
+    measurement when ``measured`` (default ``data/gpu/measured.json``) holds one for the
+    chapter's current version: a measurement outranks the prediction."""
+    from helpers.gpucheck import measured as gpu
+
+    doc = gpu.load() if measured is None else measured
+    rows = [
+        dataclasses.replace(r, measured=gpu.lookup(r.profile, r.chapter, doc))
+        for r in predict_rows(data, profiles)
+    ]
+    return rows
+
+
+def predict_rows(data: dict, profiles: dict | None = None) -> list[Row]:
+    """Every recorded chapter on every GPU profile, predicted from the tiny run only."""
     from helpers.profiles import PROFILES
 
     profiles = profiles or PROFILES
@@ -381,7 +415,7 @@ def evaluate(data: dict, profiles: dict | None = None) -> list[Row]:
         for name, profile in profiles.items():
             if name == "tiny":
                 continue
-            card = int((CARD_GIB.get(name, 0) - planner.CUDA_CONTEXT_BYTES / GIB) * GIB)
+            card = int(CARD_GIB.get(name, 0) * GIB)
             skip = unsupported.get(name) or ("" if name in CARD_GIB else "no card size known")
             try:
                 shape = profile_shape(profile)
@@ -453,8 +487,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check" and bad:
         print(f"\n{len(bad)} chapter/profile pairs would overflow their card:", file=sys.stderr)
         for r in bad:
-            what = r.reason if r.error else f"cell {r.cell} -> predicted {r.peak_bytes / GIB:.2f}"
-            what += "" if r.error else f" GiB > {r.card_bytes / GIB:.2f} GiB"
+            if r.measured is not None:
+                what = r.verdict
+            else:
+                what = (
+                    r.reason if r.error else f"cell {r.cell} -> predicted {r.peak_bytes / GIB:.2f}"
+                )
+                what += "" if r.error else f" GiB > {r.card_bytes / GIB:.2f} GiB (planned)"
             print(f"  {r.chapter} on {r.profile}: {what}", file=sys.stderr)
         return 1
     return 0

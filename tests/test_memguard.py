@@ -21,6 +21,12 @@ model = AutoModelForCausalLM.from_pretrained(TINY_MODEL_DIR)
 """
 
 
+@pytest.fixture(autouse=True)
+def no_measurement(tmp_path, monkeypatch):
+    """These synthetic chapters test the prediction: no GPU measurement overrides it."""
+    monkeypatch.setattr("helpers.gpucheck.measured.MEASURED", tmp_path / "no-measurement.json")
+
+
 @pytest.fixture
 def shell(tmp_path, monkeypatch):
     from IPython.core.interactiveshell import InteractiveShell

@@ -246,8 +246,10 @@ def fits(
     if peak is None:  # stopped before reaching the run's own micro-batch
         peak = training_memory(shape, run, device).peak
     ok = peak <= capacity
+    where = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    on = torch.cuda.get_device_name(where) if where.type == "cuda" else "the CPU (counted tensors)"
     message = (
         f"{shape.name}, {run.method}, micro-batch {run.micro_batch_size} x {run.seq_len}: "
-        f"measured {peak / GIB:.4f} of {card_gib:g} GiB, {'fits' if ok else 'does NOT fit'}"
+        f"measured on {on}, {peak / GIB:.4f} of {card_gib:g} GiB, {'fits' if ok else 'does NOT fit'}"
     )
     return Verdict(ok, peak, capacity, largest, message)

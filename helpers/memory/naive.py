@@ -380,7 +380,9 @@ def fits(shape: ModelShape, run: RunSpec, card_gib: float, device: str = "cuda")
     plan = training_memory(shape, run, device)
     paging = f"fits by paging ({plan.optimizer / GIB:.2f} GiB of optimizer state to host, slower)"
     how = "fits" if peak <= capacity else (paging if ok else "does NOT fit")
-    caveat = " (CPU-calibrated estimate, not yet measured on a GPU)" if device == "cuda" else ""
+    caveat = (
+        " (planned: CPU-calibrated estimate, not measured on a GPU)" if device == "cuda" else ""
+    )
     message = (
         f"{shape.name}, {run.method}, micro-batch {run.micro_batch_size} x {run.seq_len}: "
         f"{peak / GIB:.2f} of {card_gib:g} GiB, {how}{caveat}; "

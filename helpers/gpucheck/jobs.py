@@ -1,0 +1,68 @@
+"""Which chapter runs on which profile, with which short-run parameters."""
+
+from __future__ import annotations
+
+from helpers.hardware import CARD_TOTAL_GIB
+
+# The chapters each GPU profile claims (README, "What runs where"; memguard.UNSUPPORTED lists
+# what a chapter stops on): t4 runs 00-05; gpu-4gb 00-05; t4-8b chapters 00, 03 and 04 (01, 02
+# and 05 stop at their first cell on it). Chapters 06-08 join as they run on GPU profiles.
+CLAIMS: dict[str, tuple[str, ...]] = {
+    "t4": ("00", "01", "02", "03", "04", "05"),
+    "gpu-4gb": ("00", "01", "02", "03", "04", "05"),
+    "t4-8b": ("00", "03", "04"),
+}
+# Short runs (the 2026-12-04 measurement's parameters, ../shared/gpu/run_chapters.py): the
+# peaks are those of full runs (its t4 check at full evaluation sizes gave the same peaks).
+PARAMS: dict[str, dict] = {
+    "00": {"N_EXAMPLES": 16, "FEW_SHOT_EXAMPLES": 8},
+    "01": {},
+    "02": {"MAX_STEPS": 6, "EVAL_EXAMPLES": 16, "COMPARE_STEPS": 3},
+    "03": {"MAX_STEPS": 12, "TRACK_STEPS": 2, "SAVE_EVERY": 5, "EVAL_EXAMPLES": 16},
+    "04": {"GRAD_ACCUM_STEPS": 4, "TRAIN_STEPS": 2},
+    "05": {"MAX_STEPS": 6, "EVAL_EXAMPLES": 16, "MC_EXAMPLES": 16, "N_RESAMPLES": 200,
+           "OVERFIT_STEPS": 6, "USE_SAVED_ADAPTERS": False},
+}  # fmt: skip
+PARAMS_8B = {"03": {"MAX_STEPS": 4, "SAVE_EVERY": 2, "EVAL_EXAMPLES": 8, "TRACK_STEPS": 1}}
+
+
+def default_jobs() -> list[tuple[str, str]]:
+    """Every ``(profile, chapter)`` pair the profiles claim."""
+    return [(p, ch) for p, chapters in CLAIMS.items() for ch in chapters]
+
+
+def parse_jobs(text: str | None) -> list[tuple[str, str]]:
+    """``"t4:01,gpu-4gb:03 t4-8b:04"`` -> ``[("t4", "01"), ...]``; None or "" -> every claim.
+
+    A chapter may be written ``1``, ``01`` or ``01_quantization``; ``t4:all`` is every chapter
+    t4 claims.
+
+    Raises:
+        ValueError: a pair without ``:``, a profile with no card, or a chapter that is not a
+            two-digit number (the message names the pair).
+    """
+    if not text or not text.strip():
+        return default_jobs()
+    jobs: list[tuple[str, str]] = []
+    for item in text.replace(",", " ").split():
+        profile, sep, chapter = item.partition(":")
+        if not sep or not profile or not chapter:
+            raise ValueError(f"--jobs {item!r}: expected PROFILE:CHAPTER, e.g. t4:03")
+        if profile not in CARD_TOTAL_GIB:
+            raise ValueError(f"--jobs {item!r}: {profile!r} is not a GPU profile {sorted(CLAIMS)}")
+        if chapter == "all":
+            jobs += [(profile, ch) for ch in CLAIMS.get(profile, ())]
+            continue
+        number = chapter.split("_")[0]
+        if not number.isdigit() or len(number) > 2:
+            raise ValueError(f"--jobs {item!r}: the chapter must be a number such as 03")
+        jobs.append((profile, number.zfill(2)))
+    return list(dict.fromkeys(jobs))
+
+
+def parameters(profile: str, chapter: str) -> dict:
+    """The papermill parameters of one short run."""
+    params = {"PROFILE": profile, **PARAMS.get(chapter, {})}
+    if profile == "t4-8b":
+        params.update(PARAMS_8B.get(chapter, {}))
+    return params
