@@ -33,10 +33,13 @@ import os
 import sys
 import types
 import warnings
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from helpers.hardware import CARD_TOTAL_GIB, card_budget
 from helpers.memory import DTYPE_BYTES, GIB, ModelShape, RunSpec
@@ -200,12 +203,109 @@ def resident_copies(layout: BaseLayout, tensors=None, marked=frozenset()) -> dic
     }
 
 
+class InsideCell(TorchDispatchMode):
+    """What a cell allocates and frees before it ends: every fresh tensor an ATen op returns
+    (not a view of its inputs), followed until its last Python reference dies.
+
+    Only two kinds of transient are kept, the two that grow with the profile's model: tensors
+    shaped like a base weight (a temporary copy of the model, or of part of it) and tensors
+    over the vocabulary (logits, log-probabilities). A copy made explicitly to the CPU
+    (``.to("cpu")``) is host memory on a GPU profile and is not counted; tensors autograd keeps
+    only in C++ (saved for backward) are not seen: a cell that built a graph gets the planner's
+    training terms instead. ``summary`` replays the events: the most of each kind alive at
+    once among the tensors freed before the cell ends (what survives is in the end state).
+    """
+
+    def __init__(self, layout: BaseLayout, vocab_size: int):
+        super().__init__()
+        self.layout, self.vocab = layout, vocab_size
+        self.packed = {o * i // 2 for o, i in layout.linear}
+        self.refs: dict[int, int] = {}  # storage pointer -> live Python tensors on it
+        self.kinds: dict[int, tuple[str, float]] = {}  # storage pointer -> (kind, amount)
+        self.events: list[tuple[int, str, float]] = []  # (pointer, kind, +amount or -amount)
+        self.tokens = 0  # the most tokens behind one forward's input ids (their storage)
+        self.window = 0  # the longest sequence one forward saw
+
+    def _kind(self, t: torch.Tensor, host: bool) -> tuple[str, float] | None:
+        shape = tuple(t.shape)
+        if not t.is_floating_point():
+            if t.dtype == torch.uint8 and t.numel() in self.packed:
+                return "linear_4bit", 2 * t.numel() / self.layout.elements("linear")
+            return None
+        if host:
+            return None  # an explicit copy to host memory (helpers' swapped_weights)
+        if shape in self.layout.linear:
+            return "linear", t.numel() / self.layout.elements("linear")
+        if shape in self.layout.embedding:
+            return "embedding", t.numel() / self.layout.elements("embedding")
+        if t.dim() >= 2 and shape[-1] == self.vocab:
+            return "vocab", t.numel() / self.vocab  # positions
+        return None
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func is torch.ops.aten.embedding.default:  # (weight, indices): a forward's tokens
+            ids = args[1]
+            stream = ids.untyped_storage().nbytes() // ids.element_size()
+            self.tokens = max(self.tokens, ids.numel(), stream)  # the stream the batch views
+            self.window = max(self.window, ids.shape[-1] if ids.dim() else 0)
+        host = func is torch.ops.aten._to_copy.default and (kwargs or {}).get("device") is not None
+        inputs = {
+            t.untyped_storage().data_ptr()
+            for t in tree_flatten((args, kwargs))[0]
+            if isinstance(t, torch.Tensor) and t.device.type != "meta"
+        }
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor) or t.device.type == "meta" or t.is_sparse:
+                continue
+            ptr = t.untyped_storage().data_ptr()
+            if ptr == 0 or (ptr in inputs and ptr not in self.refs):
+                continue  # a view (or in-place result) of a tensor made before the cell
+            if ptr not in self.refs:
+                kind = self._kind(t, host)
+                if kind is None:
+                    continue
+                self.refs[ptr], self.kinds[ptr] = 0, kind
+                self.events.append((ptr, kind[0], kind[1]))
+            self.refs[ptr] += 1
+            weakref.finalize(t, self._release, ptr)
+        return out
+
+    def _release(self, ptr: int) -> None:
+        self.refs[ptr] -= 1
+        if self.refs[ptr] == 0:
+            del self.refs[ptr]
+            kind, amount = self.kinds.pop(ptr)
+            self.events.append((ptr, kind, -amount))
+
+    def summary(self) -> dict:
+        """``inside``: per kind, the most alive at once among tensors freed within the cell
+        (copies of the base weights; for ``vocab``, positions summed over the tensors alive at
+        once), ``vocab_rows`` (the positions of the largest single such tensor), ``tokens``
+        (the longest token stream a forward's input ids were cut from) and ``window`` (the
+        longest sequence a forward saw)."""
+        alive = set(self.refs)
+        now = dict.fromkeys(("linear", "embedding", "linear_4bit", "vocab"), 0.0)
+        most, rows = dict(now), 0.0
+        for ptr, kind, amount in self.events:
+            if ptr in alive:
+                continue
+            now[kind] += amount
+            most[kind] = max(most[kind], now[kind])
+            if kind == "vocab":
+                rows = max(rows, amount)
+        return {**{k: round(v, 4) for k, v in most.items()}, "vocab_rows": rows,
+                "tokens": self.tokens, "window": self.window}  # fmt: skip
+
+
 class Recorder:
-    """IPython hooks: after every cell, the resident copies and whether a graph was built."""
+    """IPython hooks: after every cell, the resident copies and whether a graph was built;
+    inside every cell, its transients (``InsideCell``)."""
 
     def __init__(self, chapter: str, path: Path, unsupported: dict[str, str] | None = None):
         self.chapter, self.path, self.layout = chapter, path, BaseLayout.of(tiny_shape())
-        self.hooks, self.graph, self.count = None, False, 0
+        self.hooks, self.graph, self.count, self.inside = None, False, 0, None
+        self.vocab = json.loads((TINY_MODEL_DIR / "config.json").read_text())["vocab_size"]
         data = _load(path)
         data[chapter] = {"unsupported": dict(unsupported or {}), "cells": []}
         _save(path, data)
@@ -218,8 +318,14 @@ class Recorder:
         self.graph = False
         self.hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
         self.hooks.__enter__()
+        self.inside = InsideCell(self.layout, self.vocab)
+        self.inside.__enter__()
 
     def post(self, result) -> None:
+        inside = None
+        if self.inside is not None:
+            self.inside.__exit__(None, None, None)
+            inside, self.inside = self.inside, None
         if self.hooks is not None:
             self.hooks.__exit__(None, None, None)
             self.hooks = None
@@ -237,6 +343,9 @@ class Recorder:
         except Exception as err:  # noqa: BLE001
             cell["error"] = f"{type(err).__name__}: {err}"
         cell["graph"] = self.graph
+        if inside is not None:
+            gc.collect()  # what the cell dropped is freed now, not at some later collection
+            cell["inside"] = inside.summary()
         data = _load(self.path)
         data.setdefault(self.chapter, {"unsupported": {}, "cells": []})["cells"].append(cell)
         _save(self.path, data)
@@ -275,6 +384,8 @@ def stop() -> None:
         shell, recorder = _active
         shell.events.unregister("pre_run_cell", recorder.pre)
         shell.events.unregister("post_run_cell", recorder.post)
+        if recorder.inside is not None:
+            recorder.inside.__exit__(None, None, None)
         if recorder.hooks is not None:
             recorder.hooks.__exit__(None, None, None)
         _active = None
@@ -317,17 +428,19 @@ def training_run(profile, method: str) -> RunSpec:
     )
 
 
-def predict(cell: dict, profile, shape: ModelShape) -> int:
-    """Bytes one recorded cell would hold on a GPU running ``profile``.
+# What the CUDA caching allocator reserves per byte of live tensors at a chapter's peak: the
+# median of max_memory_reserved / max_memory_allocated over the nine runs that completed in
+# the 2026-12-04 measurement (data/gpu/measured-2026-12-04.json: 1.02 to 1.41, median 1.13);
+# fitted once, for every chapter and profile.
+RESERVED_PER_ALLOCATED = 1.13
+# Logits are scored in fp32 on every profile (the course's losses and log-probabilities upcast
+# them: ``.float()`` before cross-entropy); the 16-bit head output is freed right after.
+VOCAB_BYTES = 4
 
-    Unquantized copies at the profile's compute dtype, 4-bit copies as NF4 (with double
-    quantization); a cell that built a graph adds the planner's training terms (LoRA, or
-    QLoRA with the fp32 upcast when 4-bit weights are resident); then the allocator's reserve.
-    """
-    layout, b = BaseLayout.of(shape), DTYPE_BYTES[profile.compute_dtype]
-    copies = {kind: cell.get(kind, 0.0) for kind in COPY_KINDS}
-    four_bit = copies["linear_4bit"]
-    unquantized = copies["linear"]
+
+def _weights(copies: dict, profile, layout: BaseLayout, b: int) -> float:
+    """Bytes of the base-model copies in ``copies`` on ``profile``."""
+    four_bit, unquantized = copies["linear_4bit"], copies["linear"]
     if profile.load_in_4bit:
         four_bit += copies["profile_linear"]
     else:
@@ -337,14 +450,64 @@ def predict(cell: dict, profile, shape: ModelShape) -> int:
         unquantized * layout.elements("linear") + embeddings * layout.elements("embedding")
     )
     nf4 = sum(planner._nf4_bytes(o * i, True) * n for (o, i), n in layout.linear.items())
-    total += four_bit * nf4
+    return total + four_bit * nf4
+
+
+def _vocab_bytes(inside: dict, profile, shape: ModelShape) -> float:
+    """The cell's transient tensors over the vocabulary, scaled to the profile.
+
+    Positions follow the profile's window where the tiny run's forwards filled the tiny
+    profile's (``max_seq_len``) and the same tokens otherwise (a shape twin ships the tiny
+    tokenizer: a text is the same tokens on every profile), never more than the token stream
+    the forwards were cut from; every such tensor is held in fp32 (``VOCAB_BYTES``).
+    """
+    rows = inside.get("vocab_rows", 0.0)
+    if not rows:
+        return 0.0
+    from helpers.profiles import PROFILES
+
+    tiny_window = PROFILES["tiny"].max_seq_len  # the window of the recorded run
+    grow = profile.max_seq_len / tiny_window if inside.get("window", 0) >= tiny_window else 1.0
+    positions = min(rows * grow, max(rows, inside.get("tokens", 0)))
+    return inside["vocab"] / rows * positions * shape.vocab_size * VOCAB_BYTES
+
+
+def predict_parts(cell: dict, profile, shape: ModelShape) -> dict[str, int]:
+    """The terms of one recorded cell's peak on a GPU running ``profile``, in bytes of live
+    tensors (before the allocator's reserve).
+
+    ``weights``: the base-model copies alive at the cell's end (unquantized at the profile's
+    compute dtype, 4-bit as NF4 with double quantization). ``transient_weights``: copies made
+    and freed inside the cell (``InsideCell``). ``vocab``: logits and log-probabilities inside
+    a cell that built no graph (``_vocab_bytes``). ``training``: a cell that built a graph
+    adds the planner's training terms (gradients, optimizer, saved activations with the loss's
+    logits, backward's workspace; LoRA, or QLoRA with the fp32 upcast when 4-bit weights are
+    resident).
+    """
+    layout, b = BaseLayout.of(shape), DTYPE_BYTES[profile.compute_dtype]
+    copies = {kind: cell.get(kind, 0.0) for kind in COPY_KINDS}
+    inside = cell.get("inside") or {}
+    extra = dict.fromkeys(COPY_KINDS, 0.0) | {k: inside.get(k, 0.0) for k in COPY_KINDS[:3]}
+    parts = {
+        "weights": _weights(copies, profile, layout, b),
+        "transient_weights": _weights(extra, profile, layout, b),
+        "vocab": 0.0 if cell["graph"] else _vocab_bytes(inside, profile, shape),
+        "training": 0.0,
+    }
     if cell["graph"]:
+        four_bit = copies["linear_4bit"] + (copies["profile_linear"] if profile.load_in_4bit else 0)
         method = "qlora" if four_bit >= 0.5 else "lora"
         plan = planner.training_memory(shape, training_run(profile, method), device="cpu")
-        total += plan.gradients + plan.optimizer + plan.activations + plan.transient
+        parts["training"] = plan.gradients + plan.optimizer + plan.activations + plan.transient
         if method == "qlora":  # prepare_model_for_kbit_training: the rest in fp32
-            total += (4 - b) * planner.parameter_counts(shape)["other"]
-    return int(total * (1 + planner.ALLOCATOR_RESERVE))
+            parts["training"] += (4 - b) * planner.parameter_counts(shape)["other"]
+    return {k: int(v) for k, v in parts.items()}
+
+
+def predict(cell: dict, profile, shape: ModelShape) -> int:
+    """Bytes one recorded cell would reserve at its peak on a GPU running ``profile``: the sum
+    of ``predict_parts`` times the allocator's reserve (``RESERVED_PER_ALLOCATED``)."""
+    return int(sum(predict_parts(cell, profile, shape).values()) * RESERVED_PER_ALLOCATED)
 
 
 @dataclass(frozen=True)
