@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import gc
 import json
 import os
@@ -478,6 +479,11 @@ RESERVED_PER_ALLOCATED = 1.13
 VOCAB_BYTES = 4
 
 
+@functools.cache
+def _tiny_layers() -> int:
+    return tiny_shape().num_layers
+
+
 def _weights(copies: dict, profile, layout: BaseLayout, b: int) -> float:
     """Bytes of the base-model copies in ``copies`` on ``profile``."""
     four_bit, unquantized = copies["linear_4bit"], copies["linear"]
@@ -528,20 +534,30 @@ def predict_parts(cell: dict, profile, shape: ModelShape) -> dict[str, int]:
 
     ``weights``: the base-model copies alive at the cell's end (unquantized at the profile's
     compute dtype, 4-bit as NF4 with double quantization). ``transient_weights``: copies made
-    and freed inside the cell (``InsideCell``). ``vocab``: logits and log-probabilities inside
-    a cell that built no graph (``_vocab_bytes``). ``training``: a cell that built a graph
+    and freed inside the cell (``InsideCell``): up to one layer's worth alive at once counts
+    as one layer of the profile's model, more as that share of the whole. ``vocab``: logits and log-probabilities inside
+    the cell (``_vocab_bytes``). ``training``: a cell that built a graph
     adds the planner's training terms (gradients, optimizer, saved activations with the loss's
     logits, backward's workspace; LoRA, or QLoRA with the fp32 upcast when 4-bit weights are
-    resident) at the profile's micro-batch and the cell's sequence length (``_window``).
+    resident) at the profile's micro-batch and the cell's sequence length (``_window``); where
+    the cell's largest forward over the vocabulary (a full-batch gradient, an evaluation inside
+    the training loop) holds more than the training terms, that replaces them: both stand for
+    the same activations and logits, which do not coexist.
     """
     layout, b = BaseLayout.of(shape), DTYPE_BYTES[profile.compute_dtype]
     copies = {kind: cell.get(kind, 0.0) for kind in COPY_KINDS}
     inside = cell.get("inside") or {}
     extra = dict.fromkeys(COPY_KINDS, 0.0) | {k: inside.get(k, 0.0) for k in COPY_KINDS[:3]}
+    tiny_layers = _tiny_layers()
+    for kind in ("linear", "linear_4bit"):
+        # at most one layer's weights alive at once: a layer-by-layer pass (dequantize, quantize,
+        # round-trip), one layer of the profile's model; more: that share of the whole model
+        if extra[kind] * tiny_layers <= 1:
+            extra[kind] *= tiny_layers / shape.num_layers
     parts = {
         "weights": _weights(copies, profile, layout, b),
         "transient_weights": _weights(extra, profile, layout, b),
-        "vocab": 0.0 if cell["graph"] else _vocab_bytes(inside, profile, shape),
+        "vocab": _vocab_bytes(inside, profile, shape),
         "training": 0.0,
     }
     if cell["graph"]:
@@ -552,6 +568,10 @@ def predict_parts(cell: dict, profile, shape: ModelShape) -> dict[str, int]:
         parts["training"] = plan.gradients + plan.optimizer + plan.activations + plan.transient
         if method == "qlora":  # prepare_model_for_kbit_training: the rest in fp32
             parts["training"] += (4 - b) * planner.parameter_counts(shape)["other"]
+        if parts["vocab"] > parts["training"]:
+            parts["training"] = 0.0
+        else:
+            parts["vocab"] = 0.0
     return {k: int(v) for k, v in parts.items()}
 
 
@@ -625,15 +645,25 @@ def evaluate(data: dict, profiles: dict | None = None, measured: dict | None = N
     return rows
 
 
-def predict_rows(data: dict, profiles: dict | None = None) -> list[Row]:
-    """Every recorded chapter on every GPU profile, predicted from the tiny run only."""
+def predict_rows(
+    data: dict, profiles: dict | None = None, unsupported: dict | None = None
+) -> list[Row]:
+    """Every recorded chapter on every GPU profile, predicted from the tiny run only.
+
+    Args:
+        data: the tiny run's record (``Recorder``).
+        profiles: the profiles to predict (default: ``helpers.profiles.PROFILES``).
+        unsupported: chapter -> {profile: why it is skipped} (default ``UNSUPPORTED``), with
+            the skips the record itself carries.
+    """
     from helpers.profiles import PROFILES
 
     profiles = profiles or PROFILES
+    skips = UNSUPPORTED if unsupported is None else unsupported
     rows = []
     for chapter in sorted(data):
         cells = data[chapter]["cells"]
-        unsupported = {**UNSUPPORTED.get(chapter, {}), **data[chapter]["unsupported"]}
+        unsupported = {**skips.get(chapter, {}), **data[chapter]["unsupported"]}
         for name, profile in profiles.items():
             if name == "tiny":
                 continue
