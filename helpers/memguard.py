@@ -253,6 +253,7 @@ class InsideCell(TorchDispatchMode):
         self.events: list[tuple[int, str, float]] = []  # (pointer, kind, +amount or -amount)
         self.tokens = 0  # the most tokens behind one forward's input ids (their storage)
         self.window = 0  # the longest sequence one forward saw
+        self.unreadable = 0  # ops whose tensors the guard could not read (not followed)
 
     def _kind(self, t: torch.Tensor, host: bool) -> tuple[str, float] | None:
         shape = tuple(t.shape)
@@ -272,6 +273,13 @@ class InsideCell(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        try:  # never disturb the chapter: a tensor the guard cannot read is not followed
+            self._see(func, args, kwargs, out)
+        except Exception:  # noqa: BLE001 (e.g. a storage-less tensor subclass, FSDP's DTensor)
+            self.unreadable += 1
+        return out
+
+    def _see(self, func, args, kwargs, out) -> None:
         if func is torch.ops.aten.embedding.default and not _fixed_size():  # a forward's tokens
             ids = args[1]
             stream = ids.untyped_storage().nbytes() // ids.element_size()
@@ -297,7 +305,6 @@ class InsideCell(TorchDispatchMode):
                 continue  # a view, an in-place result, or a storage already followed
             self.known.add(ptr)
             self._follow(t, ptr, self._kind(t, host))
-        return out
 
     def _follow(self, t: torch.Tensor, ptr: int, kind, inputs: bool = False) -> None:
         if kind is None or (inputs and kind[0] == "vocab") or _fixed_size():
@@ -329,7 +336,19 @@ class InsideCell(TorchDispatchMode):
             if kind == "vocab":
                 rows = max(rows, amount)
         return {**{k: round(v, 4) for k, v in most.items()}, "vocab_rows": rows,
-                "tokens": self.tokens, "window": self.window}  # fmt: skip
+                "tokens": self.tokens, "window": self.window,
+                "unreadable": self.unreadable}  # fmt: skip
+
+
+def _storages(tensors) -> list[int]:
+    """The storage pointers of ``tensors`` that have one (a tensor subclass may not)."""
+    ptrs = []
+    for t in tensors:
+        try:
+            ptrs.append(t.untyped_storage().data_ptr())
+        except Exception:  # noqa: BLE001, S112
+            continue
+    return ptrs
 
 
 class Recorder:
@@ -358,7 +377,7 @@ class Recorder:
         namespace = list(shell.user_ns.values()) if shell is not None else []
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            alive = {t.untyped_storage().data_ptr() for t in reachable_tensors(namespace)[0]}
+            alive = set(_storages(reachable_tensors(namespace)[0]))
         self.inside = InsideCell(self.layout, self.vocab, alive)
         self.inside.__enter__()
 
