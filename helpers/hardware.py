@@ -155,6 +155,22 @@ def detect() -> Hardware:
     )
 
 
+def free_gpu_bytes(device: int = 0) -> int:
+    """Bytes this process may still allocate on a CUDA device.
+
+    The device's free memory (``torch.cuda.mem_get_info``), and under a per-process cap
+    (``torch.cuda.set_per_process_memory_fraction``, which ``$COURSE_GPU_MEMORY_GIB`` sets) no
+    more than the cap less what this process has reserved: ``mem_get_info`` knows nothing of the
+    cap, so a large GPU capped as a T4 would otherwise report its whole free memory.
+    """
+    free, total = torch.cuda.mem_get_info(device)
+    getter = getattr(torch.cuda, "get_per_process_memory_fraction", None)
+    fraction = getter(device) if getter is not None else 1.0
+    if fraction < 1.0:
+        free = min(free, int(fraction * total) - torch.cuda.memory_reserved(device))
+    return max(0, free)
+
+
 # --- Card budgets: what a chapter may allocate on each GPU profile's card ---------------------
 # A budget is what PyTorch can allocate on the real card (torch.cuda.get_device_properties(0)
 # .total_memory, in GiB), less the CUDA context (created before PyTorch allocates anything),

@@ -18,6 +18,7 @@ from transformers import (
     logging as hf_logging,
 )
 
+from helpers.hardware import free_gpu_bytes
 from helpers.paths import PACKAGE_DIR, TINY_MODEL_DIR, missing_data
 from helpers.profiles import Profile
 
@@ -80,16 +81,18 @@ def _gib(n_bytes: float) -> str:
     return f"{n_bytes / 2**30:.1f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.1f} MiB"
 
 
-def check_fits_unquantized(profile: Profile) -> None:
+def check_fits_unquantized(profile: Profile, headroom: float = 1.0) -> None:
     """Refuse, before any download or allocation, an unquantized model the GPU cannot hold.
 
     Counts the weights from the model's config (``helpers.memory``) at the profile's dtype and
-    compares them with ``torch.cuda.mem_get_info()``'s free bytes, keeping 10 % for the CUDA
-    context and activations. Without a GPU, or for a config that is not Llama-style, it does
-    nothing.
+    compares ``headroom`` times them with the bytes this process may still allocate
+    (``helpers.hardware.free_gpu_bytes``: a ``$COURSE_GPU_MEMORY_GIB`` cap counts), keeping 10 %
+    for activations. ``headroom`` > 1 asks for room to train, not only to hold the weights.
+    Without a GPU, or for a config that is not Llama-style, it does nothing.
 
     Raises:
-        ModelTooLargeError: the weights alone would take more than 90 % of the free memory.
+        ModelTooLargeError: ``headroom`` x the weights would take more than 90 % of the free
+            memory.
     """
     if not torch.cuda.is_available():
         return
@@ -106,13 +109,14 @@ def check_fits_unquantized(profile: Profile) -> None:
         return
     n_params = sum(parameter_counts(shape).values())
     needed = n_params * profile.torch_dtype.itemsize
-    free, _ = torch.cuda.mem_get_info()
-    if needed > 0.9 * free:
+    free = free_gpu_bytes()
+    if headroom * needed > 0.9 * free:
         count = f"{n_params / 1e9:.2f}B" if n_params >= 1e9 else f"{n_params / 1e6:.1f}M"
         raise ModelTooLargeError(
             f"Profile {profile.name!r}: {profile.model_id} has {count} parameters, "
-            f"{_gib(needed)} in {profile.compute_dtype} without quantization, and this "
-            f"GPU has {_gib(free)} free. Load it in 4 bits "
+            f"{_gib(needed)} in {profile.compute_dtype} without quantization"
+            + (f" ({headroom:g}x that to train it)" if headroom != 1.0 else "")
+            + f", and this GPU has {_gib(free)} free for this process. Load it in 4 bits "
             "(load_model(profile, load_in_4bit=True)), or run this chapter with a smaller "
             "profile, e.g. PROFILE='t4' (1.5B) or PROFILE='tiny'."
         )

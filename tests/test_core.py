@@ -49,6 +49,7 @@ def test_unreachable_hub_id_names_the_tiny_profile():
 def test_unquantized_model_too_large_for_the_gpu_is_refused_first(tiny_profile, monkeypatch):
     # A GPU with 1 MiB free: the tiny model's 3.5M fp32 parameters (13 MiB) do not fit.
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda *a: 1.0)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (2**20, 16 * 2**30))
     with pytest.raises(ModelTooLargeError) as err:
         load_model(tiny_profile, load_in_4bit=False)
@@ -58,6 +59,24 @@ def test_unquantized_model_too_large_for_the_gpu_is_refused_first(tiny_profile, 
     # With room to spare the check passes (and a real load would go ahead).
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (16 * 2**30, 16 * 2**30))
     check_fits_unquantized(tiny_profile)
+
+
+def test_a_memory_cap_counts_though_the_device_is_free(tiny_profile, monkeypatch):
+    """A large GPU capped as a small card (COURSE_GPU_MEMORY_GIB): mem_get_info knows nothing of
+    the cap. On 2026-12-04 chapter 03 on t4-8b kept two 4-bit 7B copies on an H200 capped at a
+    T4's budget, since the check saw the H200's free memory, and ran out."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (16 * 2**30, 16 * 2**30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda *a: 2**20)
+    cap = 41 * 2**20  # 41 MiB allowed, 1 MiB of it reserved already: 40 MiB left
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda *a: cap / 2**34)
+    check_fits_unquantized(tiny_profile)  # 13.3 MiB of weights < 90 % of 40 MiB
+    with pytest.raises(ModelTooLargeError, match=r"\(3.5x that to train it\).*40.0 MiB free"):
+        check_fits_unquantized(tiny_profile, headroom=3.5)  # 46.6 MiB > 36 MiB
+    small = 11 * 2**20  # 10 MiB left under the cap: the weights alone do not fit
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda *a: small / 2**34)
+    with pytest.raises(ModelTooLargeError, match=r"10.0 MiB free"):
+        check_fits_unquantized(tiny_profile)
 
 
 def test_record_writes_json_and_needs_a_chapter(tmp_path):

@@ -179,3 +179,46 @@ def test_bad_input_is_named():
         naive.perplexity(model, torch.arange(2, 40), 16, stride=32)
     with pytest.raises(ValueError, match="references"):
         library.task_scores(["{}"], [])
+
+
+def _full_logits_nll(model, ids, labels):
+    """The unchunked reference: float32 log_softmax over every position's logits at once."""
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[:, :-1].float(), dim=-1)
+    targets = labels[:, 1:]
+    picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return -(picked * (targets != -100)).sum(dim=-1)
+
+
+@pytest.mark.parametrize("twin", [naive, library], ids=["naive", "library"])
+def test_chunked_nll_equals_unchunked(twin):
+    model = tiny_llama(4)
+    ids = torch.randint(2, VOCAB, (2, 90))
+    labels = ids.clone()
+    labels[:, :7] = -100
+    reference = _full_logits_nll(model, ids, labels)
+    for chunk_tokens in (1, 5, 64, 10_000):
+        nll, count = twin.sequence_nll(model, ids, labels, chunk_tokens=chunk_tokens)
+        assert count.tolist() == [83, 83]  # labels 7..89
+        torch.testing.assert_close(nll, reference, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("twin", [naive, library], ids=["naive", "library"])
+def test_long_sequence_never_holds_all_logits(twin):
+    """The output head only ever sees chunk_tokens positions: no (T, V) logits exist at once,
+    also through peft's wrapper (its get_decoder reaches the base model)."""
+    model = get_peft_model(tiny_llama(5), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    head_rows = []
+    hook = model.get_output_embeddings().register_forward_hook(
+        lambda module, args, out: head_rows.append(out.reshape(-1, VOCAB).shape[0])
+    )
+    ids = torch.randint(2, VOCAB, (1, 250))
+    try:
+        whole, _ = twin.sequence_nll(model, ids, ids)  # the default: CHUNK_TOKENS = 256 > 249
+        n_whole = len(head_rows)
+        nll, count = twin.sequence_nll(model, ids, ids, chunk_tokens=16)
+    finally:
+        hook.remove()
+    assert count.tolist() == [249] and n_whole == 1
+    assert head_rows[n_whole:] == [16] * 15 + [9]  # 249 positions in slices of 16
+    torch.testing.assert_close(nll, whole, rtol=1e-5, atol=1e-5)

@@ -5,6 +5,7 @@ two loops on the tiny model (CPU, fp32). The GPU run itself is ``make gpu-check`
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from helpers import hardware
 from helpers.gpucheck import __main__ as cli
 from helpers.gpucheck import benchmark, readme, runner, summary
 from helpers.gpucheck.jobs import CLAIMS, default_jobs, parameters, parse_jobs
-from helpers.paths import DATA_DIR, TINY_MODEL_DIR
+from helpers.paths import TINY_MODEL_DIR
 
 
 def test_parse_jobs_pairs_all_and_default():
@@ -98,7 +99,7 @@ def test_write_atomic_checks_the_schema_and_leaves_nothing_half_written(tmp_path
 
 
 def test_readme_section_labels_measured_planned_and_over_budget(tmp_path):
-    doc = json.loads((DATA_DIR / "gpu" / "measured.json").read_text())
+    doc = json.loads((Path(__file__).parent / "data" / "measured-9a73c0f.json").read_text())
     text = readme.section(doc)
     assert "**Measured** on one NVIDIA H200" in text and "2026-12-04" in text and "9a73c0f" in text
     line = next(ln for ln in text.splitlines() if ln.startswith("| 03 "))
@@ -170,3 +171,18 @@ def test_readme_shows_the_benchmark_beside_unsloth():
     text = readme.section({**_doc([]), "benchmark": bench})
     assert "| Unsloth (Tesla T4" in text and "| 7.89 GB |" in text
     assert "| course | 8.50 GB | 2100.0 | ok |" in text and "| peft | - | - | timeout |" in text
+
+
+def test_a_rerun_row_names_its_commit_and_is_looked_up_at_it(monkeypatch):
+    from helpers.gpucheck import measured
+
+    doc = _doc([])
+    doc["commit"] = "aaaaaaa"
+    doc["runs"] = [{"chapter": "03", "profile": "gpu-4gb", "budget_gib": 2.9, "status": "ok",
+                    "peak_reserved_gib": 2.19, "peak_cell": "x", "train_tokens_per_s": None,
+                    "commit": "bbbbbbb"}]  # fmt: skip
+    assert "re-run at bbbbbbb" in readme.section(doc)
+    seen = []
+    monkeypatch.setattr(measured, "_unchanged", lambda commit, nb: seen.append(commit) or True)
+    assert measured.lookup("gpu-4gb", "03_qlora", doc)["commit"] == "bbbbbbb"
+    assert seen == ["bbbbbbb"]

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from helpers import memguard
+from helpers.hardware import card_budget
 from helpers.memory import GIB
 from helpers.profiles import PROFILES
 
@@ -48,7 +49,11 @@ def rows_by_profile(path) -> dict:
     return {r.profile: r for r in memguard.evaluate(memguard._load(path))}
 
 
-def test_one_more_unquantized_copy_fails(shell, tmp_path):
+def test_one_more_unquantized_copy_fails(shell, tmp_path, monkeypatch):
+    # The planned budgets (CUDA context 0.5 GiB), not whatever data/gpu/measured.json measured:
+    # the copies below are sized to them.
+    planned = {name: card_budget(name, tmp_path / "none.json").gib for name in memguard.CARD_GIB}
+    monkeypatch.setattr(memguard, "CARD_GIB", planned)
     run(shell, "from helpers import report\nreport.set_chapter('99_synthetic')")
     run(shell, LOAD)
     run(shell, "import copy\ncopies = [copy.deepcopy(model) for _ in range(1)]")

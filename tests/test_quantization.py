@@ -1,6 +1,8 @@
 """Parity of helpers.quantization.naive (plain torch) with helpers.quantization.library
 (bitsandbytes and torch), on fresh random inputs: no global seed, so every run draws new ones."""
 
+import math
+
 import bitsandbytes.functional as bnbf
 import pytest
 import torch
@@ -235,3 +237,20 @@ def test_nf4_parity_on_cuda():
     qabsmax, absmax2, offset = naive.double_quantize_absmax(naive.quantize_nf4(weight)[1])
     assert torch.equal(offset, state.offset) and torch.equal(absmax2, state.state2.absmax)
     assert (qabsmax == state.absmax).float().mean().item() >= 0.999
+
+
+def test_perplexity_equals_the_unchunked_cross_entropy():
+    """measure.perplexity scores through evaluation's sliced head: the same number as the
+    float32 cross-entropy over every window's whole logits at once, within float32 rounding."""
+    model = _tiny_llama()
+    ids = torch.randint(0, 128, (200,))
+    windows = ids[:192].view(6, 32)  # (W, T): 6 windows of 32 tokens, the tail dropped
+    with torch.no_grad():
+        logits = model(input_ids=windows).logits.float()  # (W, T, V)
+    nll = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1)
+    )
+    reference = math.exp(nll.item())
+    assert measure.perplexity(model, ids, max_seq_len=32, batch_size=4) == pytest.approx(
+        reference, rel=1e-5
+    )

@@ -12,6 +12,10 @@ Which libraries, and why (checked on the course's offline CI machine):
   ``model(..., labels=...)`` computes, ``transformers.loss.loss_utils.ForCausalLMLoss``) for
   NLL and perplexity, applied per row of one batched forward; the course task's scorer
   ``helpers.task.score``; vectorised numpy for the bootstrap.
+- ``model(..., labels=...)`` itself is not called: it makes the float32 logits of every
+  position at once (2,048 positions x 151,936 entries = 1.16 GiB for Qwen2.5), more than a
+  4 GB card has spare. The decoder runs once and ``ForCausalLMLoss`` is applied to slices of
+  ``naive.CHUNK_TOKENS`` positions (``shift_labels=`` given, so it shifts nothing itself).
 """
 
 from __future__ import annotations
@@ -44,29 +48,32 @@ def sequence_nll(
     input_ids: torch.Tensor,
     labels: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
+    chunk_tokens: int = naive.CHUNK_TOKENS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed target-token NLL per sequence, from transformers' causal-LM loss.
 
-    ``ForCausalLMLoss`` shifts the labels itself and, given ``num_items_in_batch=1``, returns
-    the sum over targets instead of the mean; it runs once per row so each row keeps its sum.
+    ``ForCausalLMLoss`` with ``num_items_in_batch=1`` returns the sum over targets instead of
+    the mean; it runs per row and per slice of ``chunk_tokens`` positions, each slice given its
+    already shifted labels (``shift_labels``), so no (T, V) logits exist at once.
 
     Args:
         input_ids, labels, attention_mask: (B, T), labels ``-100`` where not a target.
+        chunk_tokens: the most positions whose logits exist at once.
     Returns:
         ``(nll, n_tokens)``: (B,) float32 sums and (B,) target counts, on the model's device.
     """
-    device = next(model.parameters()).device
-    input_ids, labels = input_ids.to(device), labels.to(device)
-    attention_mask = None if attention_mask is None else attention_mask.to(device)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, T, V)
-    vocab_size = logits.shape[-1]
-    nll = torch.stack(
-        [
-            ForCausalLMLoss(logits[i : i + 1], labels[i : i + 1], vocab_size, num_items_in_batch=1)
-            for i in range(len(labels))
-        ]
-    )
-    return nll.float(), (labels[:, 1:] != IGNORE_INDEX).sum(dim=-1)
+    hidden, head = naive._final_hidden(model, input_ids, attention_mask)  # (B, T, H)
+    shift_labels = labels[:, 1:].to(hidden.device)  # (B, T-1): position t predicts t + 1
+    vocab_size = head.weight.shape[0]
+    nll = torch.zeros(len(labels), dtype=torch.float32, device=hidden.device)  # (B,)
+    for i in range(len(labels)):
+        for start in range(0, shift_labels.shape[1], chunk_tokens):
+            part = slice(start, start + chunk_tokens)
+            logits = head(hidden[i, :-1][part])  # (n, V), n <= chunk_tokens
+            nll[i] += ForCausalLMLoss(
+                logits, None, vocab_size, num_items_in_batch=1, shift_labels=shift_labels[i, part]
+            )
+    return nll, (shift_labels != IGNORE_INDEX).sum(dim=-1)
 
 
 def perplexity(
@@ -75,8 +82,9 @@ def perplexity(
     max_length: int,
     stride: int | None = None,
 ) -> dict[str, float]:
-    """Sliding-window perplexity with the model's own loss (``labels=``), as in the
-    transformers guide "Perplexity of fixed-length models", counting targets exactly.
+    """Sliding-window perplexity with the model's own loss, as in the transformers guide
+    "Perplexity of fixed-length models", counting targets exactly (each window's summed NLL
+    from ``sequence_nll``, so no window's (T, V) logits exist at once).
 
     Args:
         token_ids: (N,) the token stream; max_length, stride: as in the naive twin.
@@ -92,10 +100,8 @@ def perplexity(
         ids = token_ids[begin:end].unsqueeze(0).to(device)  # (1, T)
         labels = ids.clone()
         labels[:, : first_new - begin] = IGNORE_INDEX
-        with torch.no_grad():
-            mean_nll = model(input_ids=ids, labels=labels).loss  # mean over this window's targets
-        count = int((labels[:, 1:] != IGNORE_INDEX).sum())
-        nll_sum, n_scored = nll_sum + mean_nll.item() * count, n_scored + count
+        nll, count = sequence_nll(model, ids, labels)
+        nll_sum, n_scored = nll_sum + nll.item(), n_scored + int(count.item())
     return {"ppl": float(np.exp(nll_sum / n_scored)), "nll_sum": nll_sum, "n_tokens": n_scored}
 
 

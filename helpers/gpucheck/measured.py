@@ -46,8 +46,8 @@ def lookup(profile: str, chapter_stem: str, doc: dict | None = None) -> dict | N
     for run in doc.get("runs", []):
         if run.get("profile") == profile and run.get("chapter") == number:
             notebook = (CHAPTERS_DIR / f"{chapter_stem}.ipynb").relative_to(REPO_ROOT)
-            if not _unchanged(str(doc.get("commit", "")), str(notebook)):
+            commit = str(run.get("commit") or doc.get("commit", ""))  # a re-run names its own
+            if not _unchanged(commit, str(notebook)):
                 return None
-            return {**run, "gpu": doc.get("gpu"), "date": doc.get("date"),
-                    "commit": doc.get("commit")}  # fmt: skip
+            return {**run, "gpu": doc.get("gpu"), "date": doc.get("date"), "commit": commit}
     return None

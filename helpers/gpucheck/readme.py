@@ -34,6 +34,8 @@ def _cell(run: dict | None) -> str:
     budget = card_budget(run["profile"]).gib
     if (run["peak_reserved_gib"] or 0) > budget:
         peak += f"; **over the {budget:.2f} GiB budget**"
+    if run.get("commit"):  # re-run at a later commit than the document's
+        peak += f"; re-run at {run['commit']}"
     if run["status"].startswith("failed"):
         reason = run["status"].removeprefix("failed: ").split(".")[0][:70]
         return f"{status}: {reason} ({peak})"

@@ -12,6 +12,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from helpers.evaluation import naive as evaluation
+
 
 def quantizable_linears(model: nn.Module) -> dict[str, nn.Linear]:
     """The linear layers a 4-bit or 8-bit load quantizes: every ``nn.Linear`` but the output
@@ -57,7 +59,10 @@ def perplexity(
         model: a causal LM (logits for each position).
         input_ids: int64 (L,), the held-out text, tokenized once.
         max_seq_len: window length; each window predicts its tokens 2..max_seq_len.
-        batch_size: windows per forward pass.
+        batch_size: windows per forward pass. Their logits never exist all at once: the NLL
+            comes from ``helpers.evaluation.naive.sequence_nll``, which applies the output head
+            to slices of ``CHUNK_TOKENS`` positions (8 windows of 256 tokens of a 151,936-entry
+            vocabulary would be 1.16 GiB of float32 logits, twice with log_softmax).
 
     Returns:
         exp(total negative log-likelihood / number of predicted tokens).
@@ -70,14 +75,9 @@ def perplexity(
     total_nll, total_tokens = 0.0, 0
     for start in range(0, n_windows, batch_size):
         batch = windows[start : start + batch_size].to(device)  # (b, T)
-        logits = model(input_ids=batch).logits.float()  # (b, T, V)
-        nll = nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]),  # (b * (T - 1), V)
-            batch[:, 1:].reshape(-1),  # next tokens, (b * (T - 1),)
-            reduction="sum",
-        )
-        total_nll += nll.item()
-        total_tokens += batch[:, 1:].numel()
+        nll, n_tokens = evaluation.sequence_nll(model, batch, batch)  # (b,), (b,)
+        total_nll += nll.sum().item()
+        total_tokens += int(n_tokens.sum())
     return math.exp(total_nll / total_tokens)
 
 
