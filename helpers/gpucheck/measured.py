@@ -1,10 +1,8 @@
 """What ``data/gpu/measured.json`` says about one chapter on one profile, when it still holds.
 
-A measurement holds for a chapter while the chapter's notebook and the ``helpers`` package it
-runs on are unchanged since the measured commit (``git diff --quiet <commit> --
-chapters/<stem>.ipynb helpers``); without git, or when git does not know the commit, it is taken
-as holding (its label names the commit). A change anywhere in ``helpers`` ends it: which
-helpers a chapter's peak depends on is not tracked, and a stale failure must not outlive a fix.
+A measurement holds for a chapter while the chapter's notebook is unchanged since the
+measured commit (``git diff --quiet <commit> -- chapters/<stem>.ipynb``); without git, or
+when git does not know the commit, it is taken as holding (its label names the commit).
 """
 
 from __future__ import annotations
@@ -21,7 +19,7 @@ MEASURED = DATA_DIR / "gpu" / "measured.json"
 
 @functools.cache
 def _unchanged(commit: str, notebook: str) -> bool:
-    cmd = ["git", "diff", "--quiet", commit.removesuffix("+dirty"), "--", notebook, "helpers"]
+    cmd = ["git", "diff", "--quiet", commit.removesuffix("+dirty"), "--", notebook]
     try:
         done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
@@ -40,7 +38,7 @@ def load(path: Path | None = None) -> dict:
 def lookup(profile: str, chapter_stem: str, doc: dict | None = None) -> dict | None:
     """The measured run of ``chapter_stem`` (e.g. "03_qlora") on ``profile`` with the
     document's ``gpu``, ``date`` and ``commit`` added; None when not measured, or measured on
-    a version of the chapter (or of ``helpers``) that has changed since."""
+    a version of the chapter that has changed since."""
     doc = load() if doc is None else doc
     number = chapter_stem.split("_")[0]
     for run in doc.get("runs", []):
