@@ -114,6 +114,12 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
     return _newest_good(folder)[0]
 
 
+def _write(path: Path, data: bytes) -> None:
+    """One file of a checkpoint being built (inside its temporary folder)."""
+    with path.open("wb") as f:
+        f.write(data)
+
+
 def save_checkpoint(
     folder: str | Path,
     step: int,
@@ -149,9 +155,9 @@ def save_checkpoint(
     # (helpers.atomic): the checkpoint appears whole or not at all, and a failed save, a full
     # disk included (the error names the checkpoint), leaves nothing behind.
     with atomic_folder(final_path) as tmp:
-        (tmp / "adapter.safetensors").write_bytes(safetensors_bytes(adapter))
+        _write(tmp / "adapter.safetensors", safetensors_bytes(adapter))
         for name, data in buffers.items():
-            (tmp / name).write_bytes(data)
+            _write(tmp / name, data)
         integrity.write_manifest(tmp, step, fingerprint or {}, final)  # last: marks it complete
     return final_path
 
