@@ -214,3 +214,36 @@ def test_a_base_changed_in_the_middle_of_its_weights_is_another_model(tmp_path):
     assert prints[0]["model"] == prints[1]["model"]  # same folder name: the hash decides
     assert prints[0]["model_config"] != prints[1]["model_config"]
     assert prints[0] == prints[2]
+
+
+def test_a_hub_model_is_keyed_on_its_commit_and_the_hubs_file_hashes(tmp_path, monkeypatch):
+    """A model loaded by hub id: its commit and, from the local cache, each weight file's blob
+    name (the sha256 the hub published, for files kept in LFS) enter the fingerprint."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    repo, commit = tmp_path / "models--org--model", "a" * 40
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (repo / "blobs").mkdir()
+
+    def link_weights(sha256: str) -> None:
+        (repo / "blobs" / sha256).write_bytes(b"weights")
+        (snapshot / "model.safetensors").unlink(missing_ok=True)
+        (snapshot / "model.safetensors").symlink_to(f"../../blobs/{sha256}")
+
+    model, records = _tiny_llama(), [{"prompt": "p", "completion": "c"}]
+    model.config._name_or_path = "org/model"
+
+    def fingerprint(commit_hash: str) -> str:
+        model.config._commit_hash = commit_hash
+        return integrity.run_fingerprint(model, records)["model_config"]
+
+    link_weights("1" * 64)
+    first = fingerprint(commit)
+    link_weights("2" * 64)  # other published weights at the same commit (a damaged cache)
+    assert fingerprint(commit) != first
+    link_weights("1" * 64)
+    assert fingerprint(commit) == first
+    assert fingerprint("b" * 40) != first  # another commit: another model
