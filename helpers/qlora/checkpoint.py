@@ -11,9 +11,10 @@ holds everything the next step depends on:
 Tensors go in safetensors; the two ``.pt`` files hold only tensors, numbers, lists and dicts,
 so they load with ``torch.load(weights_only=True)``, which cannot run code from the file.
 A checkpoint is written to a temporary folder and renamed into place (``helpers.atomic``), so a
-session killed mid-save leaves the previous checkpoint intact. On resume the newest checkpoint whose files
-match their checksums is used (a corrupt or incomplete one is reported and skipped), and a
-checkpoint written with other settings is refused, naming each one (``helpers.qlora.integrity``).
+session killed mid-save leaves the previous checkpoint intact. On resume the newest checkpoint
+whose files match their checksums is used (a corrupt or incomplete one is reported and skipped),
+and a checkpoint written with other settings is refused, naming each one
+(``helpers.qlora.integrity``).
 Only the last ``keep_last`` checkpoints and the final one are kept. Works with either twin of
 ``helpers.qlora`` (and any model whose trainable parameters are the ones to save).
 """
@@ -142,22 +143,19 @@ def save_checkpoint(
     folder = Path(folder).expanduser()
     final_path = folder / f"{PREFIX}{step:07d}"
     adapter = {n: t.contiguous().cpu() for n, t in trainable_state(model).items()}
-    buffers = {}
-    for name, obj in (
-        ("optimizer.pt", optimizer.state_dict()),
-        ("trainer_state.pt", {**state, "rng": capture_rng_state()}),
-    ):
-        buffer = io.BytesIO()
-        torch.save(obj, buffer)
-        buffers[name] = buffer.getvalue()
     remove_stale(folder, final_path.name)  # a save killed earlier (SIGKILL) left its folder
     # Written into a temporary folder beside it, renamed into place when complete
     # (helpers.atomic): the checkpoint appears whole or not at all, and a failed save, a full
     # disk included (the error names the checkpoint), leaves nothing behind.
     with atomic_folder(final_path) as tmp:
         _write(tmp / "adapter.safetensors", safetensors_bytes(adapter))
-        for name, data in buffers.items():
-            _write(tmp / name, data)
+        for name, obj in (
+            ("optimizer.pt", optimizer.state_dict()),
+            ("trainer_state.pt", {**state, "rng": capture_rng_state()}),
+        ):
+            buffer = io.BytesIO()
+            torch.save(obj, buffer)
+            _write(tmp / name, buffer.getvalue())
         integrity.write_manifest(tmp, step, fingerprint or {}, final)  # last: marks it complete
     return final_path
 
