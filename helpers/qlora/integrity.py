@@ -183,7 +183,10 @@ def _cached_weights(repo_id: str, revision: str | None) -> list:
         return []
     from huggingface_hub import try_to_load_from_cache
 
-    config_file = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    try:
+        config_file = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    except ValueError:  # not a hub id (huggingface_hub's validation errors are ValueErrors)
+        return []
     return _weights_hashes(Path(config_file).parent) if isinstance(config_file, str) else []
 
 
