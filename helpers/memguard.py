@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from helpers.atomic import write_json
 from helpers.hardware import CARD_TOTAL_GIB, card_budget
 from helpers.memory import DTYPE_BYTES, GIB, ModelShape, RunSpec
 from helpers.memory import naive as planner
@@ -285,10 +286,7 @@ def _load(path: Path) -> dict:
 
 
 def _save(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    write_json(path, data, indent=1)  # helpers.atomic: whole or not at all, no .tmp left
 
 
 def profile_shape(profile) -> ModelShape:

@@ -1,4 +1,5 @@
-"""Load a profile's model and tokenizer: the shipped tiny model offline, or a hub id.
+"""Load a profile's model and tokenizer: the shipped tiny model offline, or a hub id at the
+commit the profile pins (``Profile.revision``).
 
 Never with ``trust_remote_code``: only architectures that transformers itself implements run.
 """
@@ -59,7 +60,9 @@ def load_tokenizer(profile: Profile) -> PreTrainedTokenizerBase:
     """The profile's tokenizer, with a pad token and left padding ready for generation."""
     _check_shipped(profile)
     try:
-        tok = AutoTokenizer.from_pretrained(profile.model_id, trust_remote_code=False)
+        tok = AutoTokenizer.from_pretrained(
+            profile.model_id, revision=profile.revision, trust_remote_code=False
+        )
     except OSError as err:
         raise _unavailable(profile, err) from err
     if tok.pad_token is None:
@@ -100,7 +103,9 @@ def check_fits_unquantized(profile: Profile, headroom: float = 1.0) -> None:
     from helpers.memory.naive import parameter_counts
 
     try:
-        config = AutoConfig.from_pretrained(profile.model_id, trust_remote_code=False)
+        config = AutoConfig.from_pretrained(
+            profile.model_id, revision=profile.revision, trust_remote_code=False
+        )
     except OSError as err:
         raise _unavailable(profile, err) from err
     try:
@@ -143,7 +148,12 @@ def load_model(
         check_fits_unquantized(profile)
     else:
         from helpers import bnb_cpu  # noqa: F401  (one 4-bit layout on every CPU)
-    kwargs: dict = {"dtype": profile.torch_dtype, "trust_remote_code": False}
+    # revision: the profile's pinned hub commit (None for a local folder)
+    kwargs: dict = {
+        "dtype": profile.torch_dtype,
+        "revision": profile.revision,
+        "trust_remote_code": False,
+    }
     if four_bit:
         kwargs["quantization_config"] = quantization_config(profile)
     if torch.cuda.is_available():

@@ -16,6 +16,17 @@ import torch
 from helpers.hardware import Hardware, detect
 from helpers.paths import TINY_MODEL_DIR
 
+# Each hub model's commit, pinned. Source: the snapshot folder names (huggingface_hub names a
+# snapshot by its commit) and ``revision=`` pins of many unrelated public projects, which agree;
+# not checked against the hub from the machine that wrote this (it has no network). To move a
+# pin: read the commit on the model's hub page ("Files and versions" > history), or
+# ``huggingface_hub.HfApi().model_info(repo_id).sha``, then run the GPU profiles again.
+REVISIONS = {
+    "Qwen/Qwen2.5-0.5B-Instruct": "7ae557604adf67be50417f59c2c2f167def9a775",
+    "Qwen/Qwen2.5-1.5B-Instruct": "989aa7980e4cf806f80c7fef2b1adb7bc71aa306",
+    "Qwen/Qwen2.5-7B-Instruct": "a09a35458c702b33eeacc393d103063234e8bc28",
+}
+
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -46,6 +57,14 @@ def _text(value) -> str | None:
     return None if value.strip() else "is empty"
 
 
+def _revision(value) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        return "must be a string (a commit sha) or None"
+    return None if value.strip() else "is empty: give a commit sha, or None"
+
+
 def _dtype(value) -> str | None:
     if not isinstance(value, str):
         return "must be a string"
@@ -68,6 +87,7 @@ _DTYPES = ("float32", "float16", "bfloat16")
 _RULES = {
     "name": _text,
     "model_id": _text,
+    "revision": _revision,
     "compute_dtype": _dtype,
     "load_in_4bit": _flag,
     "max_seq_len": _whole(2),
@@ -105,6 +125,9 @@ class Profile:
     gradient_checkpointing: bool
     min_gpu_memory_gb: float
     description: str
+    # The hub commit the model is loaded at (``from_pretrained(..., revision=)``): a repo's
+    # main branch can change under a course; None for a local folder (the tiny model, a twin).
+    revision: str | None = None
 
     def __post_init__(self) -> None:
         """Check every field's type and range; the error names the profile and the field."""
@@ -154,6 +177,7 @@ PROFILES: dict[str, Profile] = {
         Profile(
             name="gpu-4gb",
             model_id="Qwen/Qwen2.5-0.5B-Instruct",
+            revision=REVISIONS["Qwen/Qwen2.5-0.5B-Instruct"],
             compute_dtype="float16",
             load_in_4bit=True,
             max_seq_len=256,
@@ -172,6 +196,7 @@ PROFILES: dict[str, Profile] = {
         Profile(
             name="t4",
             model_id="Qwen/Qwen2.5-1.5B-Instruct",
+            revision=REVISIONS["Qwen/Qwen2.5-1.5B-Instruct"],
             compute_dtype="float16",
             load_in_4bit=True,
             max_seq_len=512,
@@ -191,6 +216,7 @@ PROFILES: dict[str, Profile] = {
         Profile(
             name="t4x2",
             model_id="Qwen/Qwen2.5-1.5B-Instruct",
+            revision=REVISIONS["Qwen/Qwen2.5-1.5B-Instruct"],
             compute_dtype="float16",
             load_in_4bit=True,
             max_seq_len=512,
@@ -210,6 +236,7 @@ PROFILES: dict[str, Profile] = {
         Profile(
             name="t4-8b",
             model_id="Qwen/Qwen2.5-7B-Instruct",
+            revision=REVISIONS["Qwen/Qwen2.5-7B-Instruct"],
             compute_dtype="float16",
             load_in_4bit=True,
             max_seq_len=512,
@@ -228,6 +255,7 @@ PROFILES: dict[str, Profile] = {
         Profile(
             name="p100",
             model_id="Qwen/Qwen2.5-1.5B-Instruct",
+            revision=REVISIONS["Qwen/Qwen2.5-1.5B-Instruct"],
             compute_dtype="float16",
             load_in_4bit=True,
             max_seq_len=512,
@@ -251,6 +279,7 @@ PROFILES: dict[str, Profile] = {
         Profile(
             name="gpu-bf16",
             model_id="Qwen/Qwen2.5-1.5B-Instruct",
+            revision=REVISIONS["Qwen/Qwen2.5-1.5B-Instruct"],
             compute_dtype="bfloat16",
             load_in_4bit=True,
             max_seq_len=512,
@@ -344,6 +373,9 @@ def resolve_profile(name: str = "auto", hw: Hardware | None = None, **overrides)
         # A local model in the profile's place, e.g. a shape twin (python -m helpers.shapes).
         changes["model_id"] = twin
         reason += f"; model from COURSE_MODEL_DIR={twin}"
+    if "model_id" in changes and "revision" not in changes:
+        # another model: the profile's commit is not its commit (None: the hub's main branch)
+        changes["revision"] = REVISIONS.get(changes["model_id"])
     return replace(PROFILES[name], **changes), reason
 
 

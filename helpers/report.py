@@ -4,6 +4,10 @@ Each chapter calls ``set_chapter("02_lora")`` once, then ``record(name, value)``
 number it wants in the course table. Values come from the run; nothing is typed in by hand.
 ``COURSE_RESULTS`` moves the file (the test suite writes elsewhere, so tests never overwrite
 the results of ``make course``).
+
+Several processes may record into one file at once (chapters run in parallel): each ``record``
+reads, updates and rewrites the file while holding a lock file beside it (``filelock``), and
+the rewrite is atomic (``helpers.atomic``), so no number is lost and no reader sees half a file.
 """
 
 from __future__ import annotations
@@ -11,10 +15,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
+from filelock import FileLock
+
+from helpers.atomic import write_json
 from helpers.paths import build_dir
+
+LOCK_TIMEOUT_S = 120  # a record takes milliseconds: two minutes means a stuck process
 
 _chapter: str | None = None
 
@@ -45,7 +53,12 @@ def set_chapter(stem: str, unsupported: dict[str, str] | None = None) -> None:
 def load_results(path: Path | None = None) -> dict:
     """All recorded numbers: ``{chapter: {metric: value}}`` (empty when none yet)."""
     path = path or results_path()
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); delete it to start afresh") from err
 
 
 def _plain(value):
@@ -68,11 +81,9 @@ def record(name: str, value):
         raise RuntimeError("Call helpers.report.set_chapter('<chapter stem>') before record().")
     path = results_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    results = load_results(path)
-    results.setdefault(_chapter, {})[name] = _plain(value)
-    # Write to a temporary file and rename it, so a crash never leaves half a JSON file.
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        json.dump(results, f, indent=2, sort_keys=True)
-    os.replace(f.name, path)
+    with FileLock(path.with_name(path.name + ".lock"), timeout=LOCK_TIMEOUT_S):
+        results = load_results(path)
+        results.setdefault(_chapter, {})[name] = _plain(value)
+        write_json(path, results, indent=2, sort_keys=True)
     print(f"recorded {name} = {_plain(value)}")
     return value

@@ -2,8 +2,6 @@
 transformers (F16, Q8_0), generation stops at the end-of-turn token, the chat template travels,
 and each broken export fails the way chapter 06 says."""
 
-import sys
-
 import pytest
 import torch
 
@@ -153,21 +151,25 @@ def test_llama_quantize_bad_input(files, tmp_path):
     assert not list(tmp_path.glob("x.gguf*"))
 
 
-def test_a_server_that_logs_a_lot_is_not_blocked(monkeypatch):
-    """A real model's load log is far longer than a pipe's 64 KiB: the server must not block
-    on it (it did, when its stderr went to a pipe that nobody read)."""
-    chatty = (
-        "import http.server, sys\n"
-        "sys.stderr.write('x' * 300_000); sys.stderr.flush()\n"
-        "class H(http.server.BaseHTTPRequestHandler):\n"
-        "    def do_GET(self):\n"
-        "        self.send_response(200); self.end_headers(); self.wfile.write(b'{}')\n"
-        "    def log_message(self, *args):\n"
-        "        pass\n"
-        "http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()\n"
-    )
-    monkeypatch.setattr(
-        run, "_server_command", lambda path, port, n_ctx: [sys.executable, "-c", chatty, str(port)]
-    )
-    with run.serve("unused.gguf", timeout=20) as url:
-        assert url.startswith("http://127.0.0.1:")
+def test_another_programs_server_on_the_port_is_not_handed_back(files, monkeypatch):
+    """Another program already answers on 127.0.0.1 (here at the port the old helper would have
+    picked): the URL handed back is the started server's, which lists the model it loaded."""
+    import json
+    import threading
+    import urllib.request
+
+    from server_fakes import foreign_server
+
+    foreign = foreign_server()
+    threading.Thread(target=foreign.serve_forever, daemon=True).start()
+    port = foreign.server_address[1]
+    monkeypatch.setattr(run, "_free_port", lambda: port, raising=False)  # the old helper's pick
+    try:
+        with run.serve(files["Q8_0"]) as url:
+            with urllib.request.urlopen(url + "/v1/models", timeout=10) as response:
+                models = [m["id"] for m in json.loads(response.read())["data"]]
+    finally:
+        foreign.shutdown()
+        foreign.server_close()
+    assert url != f"http://127.0.0.1:{port}"
+    assert models and "someone-else" not in models

@@ -55,3 +55,42 @@ def test_course_model_dir_points_a_gpu_profile_at_a_local_model(monkeypatch):
     assert profile.model_id == "build/shapes/t4" and "COURSE_MODEL_DIR" in why
     assert resolve_profile("tiny")[0].model_id != "build/shapes/t4"  # tiny keeps its model
     assert resolve_profile("t4", model_id="x")[0].model_id == "x"  # an explicit override wins
+
+
+def test_every_hub_model_is_pinned_to_a_commit():
+    import re
+
+    for profile in PROFILES.values():
+        if profile.is_local:
+            assert profile.revision is None, profile.name
+        else:  # a commit sha: a branch or tag can move under the course
+            assert re.fullmatch(r"[0-9a-f]{40}", profile.revision or ""), profile.name
+    with pytest.raises(TypeError, match="profile 'tiny': revision=5 must be a string"):
+        get_profile("tiny", revision=5)
+    with pytest.raises(ValueError, match="revision=' ' is empty"):
+        get_profile("t4", revision=" ")
+
+
+def test_another_model_does_not_inherit_the_profiles_commit(monkeypatch):
+    assert get_profile("t4", model_id="someone/else").revision is None  # its main branch
+    assert get_profile("t4", model_id="someone/else", revision="abc").revision == "abc"
+    monkeypatch.setenv("COURSE_MODEL_DIR", "build/shapes/t4")
+    assert get_profile("t4").revision is None  # a local folder has no hub commit
+
+
+def test_loading_passes_the_pinned_revision(monkeypatch):
+    from types import SimpleNamespace
+
+    from helpers import models
+
+    calls = []
+
+    def fake_from_pretrained(model_id, **kwargs):
+        calls.append((model_id, kwargs.get("revision")))
+        return SimpleNamespace(eval=lambda: None, pad_token="<pad>")
+
+    monkeypatch.setattr(models.AutoModelForCausalLM, "from_pretrained", fake_from_pretrained)
+    monkeypatch.setattr(models.AutoTokenizer, "from_pretrained", fake_from_pretrained)
+    profile = get_profile("gpu-4gb")
+    models.load_model(profile)
+    assert calls == [(profile.model_id, profile.revision)] * 2

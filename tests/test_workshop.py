@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from helpers.paths import PACKAGE_DIR, TINY_MODEL_DIR
+from helpers.profiles import PROFILES
 from helpers.workshop import MANIFEST, RemoteFile, check_folder
 from helpers.workshop.__main__ import main
 from helpers.workshop.models import repo_folder
@@ -21,7 +22,7 @@ from helpers.workshop.wheels import WheelhouseError, prepare_wheelhouse, require
 
 COURSE = PACKAGE_DIR.parent
 SMALL = "Qwen/Qwen2.5-0.5B-Instruct"  # gpu-4gb's model id, served here by the tiny model
-REVISION = "0123456789abcdef0123456789abcdef01234567"
+REVISION = PROFILES["gpu-4gb"].revision  # the commit the profile pins
 
 
 def git_sha1(data: bytes) -> str:
@@ -34,15 +35,17 @@ class FolderSource:
 
     def __init__(self, folder: Path, corrupt=(), fail=()):
         self.folder, self.corrupt, self.fail, self.downloads = folder, set(corrupt), set(fail), []
+        self.revisions = []
 
-    def listing(self, repo_id):
+    def listing(self, repo_id, revision):
+        self.revisions.append(revision)
         files = []
         for path in sorted(self.folder.iterdir()):
             data = path.read_bytes()
             lfs = path.suffix == ".safetensors"
             sha = hashlib.sha256(data).hexdigest() if lfs else None
             files.append(RemoteFile(path.name, len(data), sha, None if lfs else git_sha1(data)))
-        return REVISION, files
+        return revision or REVISION, files
 
     def download(self, repo_id, revision, filename, staging):
         self.downloads.append(filename)
@@ -68,6 +71,7 @@ def test_prepare_writes_verified_files_and_a_manifest_that_check_accepts(tmp_pat
         TINY_MODEL_DIR / "model.safetensors"
     ).read_bytes()
     assert "training_log.json" in source.downloads and "chat_template.jinja" in source.downloads
+    assert source.revisions == [REVISION]  # listed at the profile's pinned commit
     assert (repo_folder(tmp_path / "room", SMALL) / "refs" / "main").read_text() == REVISION
     manifest = json.loads((tmp_path / "room" / MANIFEST).read_text())
     assert manifest["profiles"] == {SMALL: ["gpu-4gb"]}  # tiny ships with the course
@@ -288,3 +292,108 @@ def test_a_room_platform_names_every_manylinux_tag_pip_must_accept():
         "--platform",
         "win32",
     ]
+
+
+# The check verifies exactly the manifest. A tamperer who edits the manifest can also recompute
+# its own sha256, so each case below reseals it: only the rule under test can catch it.
+def _reseal(folder: Path, edit) -> None:
+    path = folder / MANIFEST
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    manifest["manifest_sha256"] = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    path.write_text(json.dumps(manifest, indent=2))
+
+
+def _listing(path: Path) -> dict:
+    return {"size": path.stat().st_size, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+@pytest.fixture
+def room(tmp_path) -> Path:
+    """A prepared folder with a model and a wheelhouse, which check accepts."""
+    args = ["prepare", str(tmp_path / "room"), "--profiles", "gpu-4gb", "--platform", "win_amd64"]
+    source = FolderSource(TINY_MODEL_DIR)
+    assert main(args + ["--python-version", "3.11"], source, fake_pip([])) == 0
+    assert check_folder(tmp_path / "room", progress=False) == []
+    return tmp_path / "room"
+
+
+def _outside_secret(room: Path) -> tuple[str, Path]:
+    secret = room.parent / "outside-secret.txt"
+    secret.write_text("not for the room")
+    return "../outside-secret.txt", secret
+
+
+def _etc_hostname(room: Path) -> tuple[str, Path]:
+    hostname = Path("/etc/hostname")
+    if not hostname.is_file():
+        pytest.skip("this machine has no /etc/hostname")
+    return "/etc/hostname", hostname
+
+
+def _unlisted_wheel(room: Path) -> str:
+    wheel = room / "wheels" / "win_amd64-py3.11" / "helpful-1.0-py3-none-any.whl"
+    wheel.write_bytes(b"a room would install this")
+    return "unlisted: wheels/win_amd64-py3.11/helpful-1.0-py3-none-any.whl"
+
+
+def _emptied(room: Path) -> str:
+    _reseal(room, lambda m: m.update(files={}))
+    return "empty: workshop-manifest.json lists no files"
+
+
+def _outside_path(make):
+    def tamper(room: Path) -> str:
+        rel, target = make(room)
+        _reseal(room, lambda m: m["files"].update({rel: _listing(target)}))
+        return f"refused: {rel!r} is not a path inside the folder; nothing read"
+
+    return tamper
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [_outside_path(_outside_secret), _outside_path(_etc_hostname), _unlisted_wheel, _emptied],
+    ids=["../outside-secret.txt", "/etc/hostname", "unlisted wheel", "emptied file list"],
+)
+def test_check_refuses_each_tampered_folder(room, tamper, capsys):
+    expected = tamper(room)
+    capsys.readouterr()
+    assert main(["check", str(room)]) == 1
+    assert expected in capsys.readouterr().out
+
+
+def test_a_link_that_leads_out_of_the_folder_is_refused_unread(room):
+    _, secret = _outside_secret(room)
+    config = next(room.glob("hf/hub/*/snapshots/*/config.json"))
+    config.unlink()
+    config.symlink_to(secret)
+    rel = config.relative_to(room).as_posix()
+    _reseal(room, lambda m: m["files"].update({rel: _listing(secret)}))
+    problems = check_folder(room, progress=False)
+    assert f"refused: {rel} leads outside the folder (a link); nothing read" in problems
+
+
+def test_sizes_and_hashes_are_numbers_and_hex(room):
+    wheel = "wheels/win_amd64-py3.11/tqdm-4.67.1-py3-none-any.whl"
+
+    def edit(manifest):
+        manifest["files"][wheel]["size"] = str(manifest["files"][wheel]["size"])
+        config = next(k for k in manifest["files"] if k.endswith("config.json"))
+        manifest["files"][config]["sha256"] = manifest["files"][config]["sha256"].upper()
+
+    _reseal(room, edit)
+    problems = check_folder(room, progress=False)
+    assert any(p.startswith(f"manifest: {wheel}: size '") for p in problems), problems
+    assert any("config.json: sha256 '" in p and "not 64 hex digits" in p for p in problems)
+
+
+def test_a_manifest_edited_by_hand_is_named(room):
+    path = room / MANIFEST
+    manifest = json.loads(path.read_text())
+    manifest["usage"].append("pip install something-else")
+    path.write_text(json.dumps(manifest))
+    (problem,) = check_folder(room, progress=False)
+    assert problem.startswith(f"edited: {MANIFEST} was changed after prepare wrote it")

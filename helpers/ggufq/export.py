@@ -18,13 +18,13 @@ What llama.cpp needs, and what this module writes with ``gguf.GGUFWriter``:
   the regex that splits text before BPE; llama.cpp knows a fixed list of names), the EOS id;
 - the chat template (``tokenizer.chat_template``), which llama.cpp and Ollama read.
 
-The file is written to a temporary name and renamed, so a failure leaves nothing behind.
+The file is written to a temporary name and renamed (``helpers.atomic``), so a failure leaves
+nothing behind.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from types import ModuleType
 
@@ -32,6 +32,8 @@ import gguf
 import numpy as np
 import torch
 from safetensors import safe_open
+
+from helpers.atomic import atomic_path
 
 from . import naive
 
@@ -260,20 +262,19 @@ def write_gguf(
     eos = config.get("eos_token_id") if eos_token_id is _DEFAULT else eos_token_id
     eos = eos[0] if isinstance(eos, list) else eos  # generation configs may list several
     pre = pre_tokenizer_name(folder) if pre is _DEFAULT else pre
-    tmp = path.with_name(path.name + ".partial")
-    writer = gguf.GGUFWriter(tmp, config["model_type"])  # the key prefix: llama.* or qwen2.*
-    try:
-        writer.add_name(folder.name)
-        _add_hparams(writer, config, qtype)
-        _add_tokenizer(writer, folder, pre, eos)
-        if template is not None:
-            writer.add_chat_template(template)
-        _write_weights(writer, folder, config, qtype, quantizers)
-        writer.close()
-        os.replace(tmp, path)
-    finally:
-        writer.close()
-        tmp.unlink(missing_ok=True)
+    # A temporary name beside ``path``, renamed onto it once complete (helpers.atomic): a
+    # failure, a full disk included (the error names ``path``), leaves no file behind.
+    with atomic_path(path) as tmp:
+        writer = gguf.GGUFWriter(tmp, config["model_type"])  # key prefix: llama.* or qwen2.*
+        try:
+            writer.add_name(folder.name)
+            _add_hparams(writer, config, qtype)
+            _add_tokenizer(writer, folder, pre, eos)
+            if template is not None:
+                writer.add_chat_template(template)
+            _write_weights(writer, folder, config, qtype, quantizers)
+        finally:
+            writer.close()
     return path
 
 

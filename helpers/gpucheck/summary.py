@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
+
+from helpers.atomic import write_text
 
 SCHEMA_KEYS = ("gpu", "torch", "date", "commit", "cuda_context_gib", "budgets", "runs")
 RUN_KEYS = ("chapter", "profile", "budget_gib", "status", "peak_reserved_gib", "peak_cell",
@@ -85,12 +85,7 @@ def write_atomic(path: Path, doc: dict) -> Path:
     """Check ``doc`` against the schema and write it as JSON: a temporary file in the same
     folder, then a rename, so a crash never leaves half a file."""
     check_document(doc)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        json.dump(doc, f, indent=1)
-        f.write("\n")
-    os.replace(f.name, path)
-    return path
+    return write_text(path, json.dumps(doc, indent=1) + "\n")  # helpers.atomic
 
 
 def failed_row(profile: str, chapter: str, budget_gib: float, status: str) -> dict:

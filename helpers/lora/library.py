@@ -17,6 +17,8 @@ from peft.tuners.tuners_utils import BaseTunerLayer, cast_adapter_dtype
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 
+from helpers.atomic import atomic_folder
+
 __all__ = [
     "LoRALinear",
     "add_lora",
@@ -135,9 +137,21 @@ def load_lora_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) 
 
 
 def save_adapter(model: nn.Module, path: str | Path) -> Path:
-    """``save_pretrained``: ``adapter_model.safetensors`` + ``adapter_config.json`` in ``path``."""
-    _check_peft(model).save_pretrained(str(path))
+    """``save_pretrained``: ``adapter_model.safetensors`` + ``adapter_config.json`` in ``path``.
+
+    peft writes the weights, then the config: into a new folder beside ``path`` that then
+    replaces it as a whole (``helpers.atomic``), so an interruption never pairs new weights
+    with an old config. Other files already in ``path`` are kept.
+    """
+    peft_model = _check_peft(model)
+    with atomic_folder(path, carry_over=_not_adapter_file) as tmp:
+        peft_model.save_pretrained(str(tmp))
     return Path(path)
+
+
+def _not_adapter_file(name: str) -> bool:
+    """Files an adapter save replaces (peft's weights in either format, its config)."""
+    return not name.startswith(("adapter_model.", "adapter_config.json"))
 
 
 def load_adapter(model: nn.Module, path: str | Path) -> PeftModel:

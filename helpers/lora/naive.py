@@ -38,6 +38,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from helpers.atomic import atomic_folder
+
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"  # peft's file names (peft/utils/constants.py)
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 KEY_PREFIX = "base_model.model."  # peft saves keys relative to PeftModel -> LoraModel -> model
@@ -321,9 +323,7 @@ def save_adapter(model: nn.Module, path: str | Path) -> Path:
     if not hasattr(model, "lora_config"):
         raise ValueError("This model has no LoRA adapter: call add_lora(model, ...) first.")
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.contiguous() for k, v in lora_state_dict(model).items()}
-    save_file(tensors, path / ADAPTER_WEIGHTS_NAME, metadata={"format": "pt"})
     config = {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -334,8 +334,17 @@ def save_adapter(model: nn.Module, path: str | Path) -> Path:
         "init_lora_weights": True,
         **model.lora_config,
     }
-    (path / ADAPTER_CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    # Weights and config change together or not at all: both are written into a new folder
+    # beside ``path``, which then replaces it (helpers.atomic); other files there are kept.
+    with atomic_folder(path, carry_over=_not_adapter_file) as tmp:
+        save_file(tensors, tmp / ADAPTER_WEIGHTS_NAME, metadata={"format": "pt"})
+        (tmp / ADAPTER_CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
     return path
+
+
+def _not_adapter_file(name: str) -> bool:
+    """Files an adapter save replaces (peft's weights in either format, its config)."""
+    return not name.startswith(("adapter_model.", ADAPTER_CONFIG_NAME))
 
 
 def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:

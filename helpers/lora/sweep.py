@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from helpers.atomic import write_text
 from helpers.lora import naive
 from helpers.paths import REPO_ROOT
 
@@ -257,9 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     partial = args.out.with_suffix(".partial.json")
 
     def save(data: dict, path: Path) -> None:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1) + "\n")
-        tmp.replace(path)  # never a half-written results file
+        write_text(path, json.dumps(data, indent=1) + "\n")  # never a half-written file
 
     data = run_sweep(args.profile, args.seeds, args.steps, args.eval_examples,
                      tuple(args.ranks), on_run=lambda d: save(d, partial))  # fmt: skip

@@ -10,10 +10,11 @@ holds everything the next step depends on:
 
 Tensors go in safetensors; the two ``.pt`` files hold only tensors, numbers, lists and dicts,
 so they load with ``torch.load(weights_only=True)``, which cannot run code from the file.
-A checkpoint is written to a temporary folder and renamed into place, so a session killed
-mid-save leaves the previous checkpoint intact. On resume the newest checkpoint whose files
-match their checksums is used (a corrupt or incomplete one is reported and skipped), and a
-checkpoint written with other settings is refused, naming each one (``helpers.qlora.integrity``).
+A checkpoint is written to a temporary folder and renamed into place (``helpers.atomic``), so a
+session killed mid-save leaves the previous checkpoint intact. On resume the newest checkpoint
+whose files match their checksums is used (a corrupt or incomplete one is reported and skipped),
+and a checkpoint written with other settings is refused, naming each one
+(``helpers.qlora.integrity``).
 Only the last ``keep_last`` checkpoints and the final one are kept. Works with either twin of
 ``helpers.qlora`` (and any model whose trainable parameters are the ones to save).
 """
@@ -37,6 +38,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 from tqdm.auto import tqdm
 
+from helpers.atomic import atomic_folder, remove_stale
 from helpers.data import IGNORE_INDEX, Collator
 from helpers.qlora import integrity
 from helpers.qlora.integrity import PREFIX, CheckpointError, RunMismatchError
@@ -114,6 +116,7 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
 
 
 def _write(path: Path, data: bytes) -> None:
+    """One file of a checkpoint being built (inside its temporary folder)."""
     with path.open("wb") as f:
         f.write(data)
 
@@ -138,21 +141,22 @@ def save_checkpoint(
         The checkpoint folder.
     """
     folder = Path(folder).expanduser()
-    final_path, tmp = folder / f"{PREFIX}{step:07d}", folder / f".tmp-{PREFIX}{step:07d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    final_path = folder / f"{PREFIX}{step:07d}"
     adapter = {n: t.contiguous().cpu() for n, t in trainable_state(model).items()}
-    _write(tmp / "adapter.safetensors", safetensors_bytes(adapter))
-    for name, obj in (
-        ("optimizer.pt", optimizer.state_dict()),
-        ("trainer_state.pt", {**state, "rng": capture_rng_state()}),
-    ):
-        buffer = io.BytesIO()
-        torch.save(obj, buffer)
-        _write(tmp / name, buffer.getvalue())
-    integrity.write_manifest(tmp, step, fingerprint or {}, final)  # last: marks it complete
-    shutil.rmtree(final_path, ignore_errors=True)
-    tmp.rename(final_path)  # atomic on one file system: the checkpoint appears whole or not at all
+    remove_stale(folder, final_path.name)  # a save killed earlier (SIGKILL) left its folder
+    # Written into a temporary folder beside it, renamed into place when complete
+    # (helpers.atomic): the checkpoint appears whole or not at all, and a failed save, a full
+    # disk included (the error names the checkpoint), leaves nothing behind.
+    with atomic_folder(final_path) as tmp:
+        _write(tmp / "adapter.safetensors", safetensors_bytes(adapter))
+        for name, obj in (
+            ("optimizer.pt", optimizer.state_dict()),
+            ("trainer_state.pt", {**state, "rng": capture_rng_state()}),
+        ):
+            buffer = io.BytesIO()
+            torch.save(obj, buffer)
+            _write(tmp / name, buffer.getvalue())
+        integrity.write_manifest(tmp, step, fingerprint or {}, final)  # last: marks it complete
     return final_path
 
 

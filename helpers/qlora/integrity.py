@@ -13,6 +13,7 @@ Also here: how much disk a run's checkpoints take (``checkpoint_bytes``, ``stora
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -133,34 +134,60 @@ def _short_hash(value) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def _weights_sample(folder: Path, chunk: int = 1 << 20) -> list:
-    """Name, size and a hash of the first and last MiB of each weight file: cheap even for
-    gigabytes, and enough to tell two models of the same shapes apart."""
-    sample = []
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: Path, size: int, mtime_ns: int, inode: int) -> str:
+    """``sha256_of``, remembered for a file whose size, mtime and inode are unchanged (a resume
+    in the same session does not read gigabytes twice)."""
+    return sha256_of(path)
+
+
+def _weights_hashes(folder: Path) -> list:
+    """Name, size and sha256 of every weight file, streamed in 1 MiB chunks: every byte of the
+    base weights counts (a tensor changed in the middle of a file changes the hash). A file of
+    the hub's cache that links to a blob named by its sha256 (how ``huggingface_hub`` stores
+    files kept in LFS) is keyed by that name: the hash the hub published, not read again."""
+    hashes = []
     for path in sorted(folder.glob("*.safetensors")):
-        size = path.stat().st_size
-        with path.open("rb") as f:
-            head = f.read(chunk)
-            f.seek(max(0, size - chunk))
-            tail = f.read(chunk)
-        sample.append([path.name, size, hashlib.sha256(head + tail).hexdigest()[:16]])
-    return sample
+        target = path.resolve()
+        if path.is_symlink() and re.fullmatch(r"[0-9a-f]{64}", target.name):
+            digest = target.name  # the hub's sha256 of the file
+        else:
+            info = target.stat()
+            digest = _file_sha256(target, info.st_size, info.st_mtime_ns, info.st_ino)
+        hashes.append([path.name, target.stat().st_size, digest])
+    return hashes
 
 
 def _model_identity(model: nn.Module) -> dict:
     """The model id (a local folder by its name, so a moved folder still matches) and a hash of
-    its config and weight files."""
+    its config and weight files (all their bytes, ``_weights_hashes``). A hub model is found
+    in the local cache at the revision it was loaded from (``config._commit_hash``), which is
+    part of the hash."""
     config = getattr(model, "config", None)
     model_id = str(getattr(config, "_name_or_path", "") or type(model).__name__)
     settings = config.to_dict() if config is not None else {}
+    revision = getattr(config, "_commit_hash", None)
     for volatile in ("_name_or_path", "transformers_version", "use_cache", "_commit_hash"):
         settings.pop(volatile, None)
     folder = Path(model_id).expanduser()
     if folder.is_dir():
-        model_id, weights = f"{folder.name} (a local folder)", _weights_sample(folder)
+        model_id, weights = f"{folder.name} (a local folder)", _weights_hashes(folder)
     else:
-        weights = []
+        weights = [revision, *_cached_weights(model_id, revision)]
     return {"model": model_id, "model_config": _short_hash([settings, weights])}
+
+
+def _cached_weights(repo_id: str, revision: str | None) -> list:
+    """``_weights_hashes`` of a hub model's snapshot in the local cache (empty if not there)."""
+    if not revision:
+        return []
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        config_file = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    except ValueError:  # not a hub id (huggingface_hub's validation errors are ValueErrors)
+        return []
+    return _weights_hashes(Path(config_file).parent) if isinstance(config_file, str) else []
 
 
 def _data_identity(dataset) -> dict:

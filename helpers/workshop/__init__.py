@@ -13,9 +13,15 @@ What ``prepare`` writes into DIR:
     hf/hub/models--ORG--NAME/refs/main               written once that model is complete
     wheels/PLATFORM-pyVERSION/*.whl                  the course's dependencies (torch if asked)
     .partial/                                        downloads in progress; prepare resumes them
-    workshop-manifest.json                           written last: the sha256 of every file
+    workshop-manifest.json                           written last: the sha256 of every file,
+                                                    and of the manifest's own content
 
 ``HF_HOME=DIR/hf HF_HUB_OFFLINE=1`` then makes every profile's hub id load from the folder.
+Models are fetched at the commit each profile pins (``Profile.revision``).
+
+``check`` verifies exactly the manifest (``helpers/workshop/manifest.py``): every listed file
+present and unchanged, paths only inside DIR, nothing unlisted under ``hf/`` or ``wheels/``, and
+the manifest itself as ``prepare`` wrote it.
 """
 
 from helpers.workshop.manifest import MANIFEST, check_folder

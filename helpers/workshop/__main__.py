@@ -8,7 +8,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from helpers.workshop.manifest import MANIFEST, PARTIAL, check_folder, write_json_atomically
+from helpers.workshop.manifest import MANIFEST, PARTIAL, check_folder, write_manifest
 from helpers.workshop.models import (
     FetchError,
     HubSource,
@@ -62,7 +62,10 @@ def prepare(args, source: Source | None = None, run=None) -> int:
     write the manifest last."""
     dest, source = Path(args.dir), source or HubSource()
     models = profile_models([p for p in args.profiles.split(",") if p])
-    listed = list_models(list(models), source)  # raises FetchError before any write
+    from helpers.profiles import PROFILES
+
+    pinned = {repo: PROFILES[names[0]].revision for repo, names in models.items()}
+    listed = list_models(pinned, source)  # raises FetchError before any write
     (dest / MANIFEST).unlink(missing_ok=True)  # the folder is unfinished until the end
     files = prepare_models(dest, listed, source)
     tags = []
@@ -77,8 +80,8 @@ def prepare(args, source: Source | None = None, run=None) -> int:
         tags.append(wheelhouse_tag(platform, args.python_version))
     shutil.rmtree(dest / PARTIAL, ignore_errors=True)
     usage = usage_lines(dest, listed, tags)
-    write_json_atomically(
-        dest / MANIFEST,
+    write_manifest(
+        dest,
         {
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "profiles": models,
@@ -134,7 +137,10 @@ def _dispatch(args, source, run) -> int:
         return prepare(args, source, run)
     if args.command == "check":
         problems = check_folder(args.dir)
-        print("\n".join(problems) or f"{args.dir}: every file present, every sha256 matches")
+        print(
+            "\n".join(problems)
+            or f"{args.dir}: exactly the files the manifest lists, every sha256 matches"
+        )
         return 1 if problems else 0
     if args.command == "measure":
         from helpers.paths import build_dir

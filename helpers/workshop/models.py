@@ -18,6 +18,7 @@ from typing import Protocol
 
 from tqdm.auto import tqdm
 
+from helpers.atomic import write_text
 from helpers.workshop.manifest import PARTIAL, file_hashes
 
 # What a course run reads from a model repo: configs, safetensors weights, tokenizer files.
@@ -51,7 +52,7 @@ class FetchError(RuntimeError):
 class Source(Protocol):
     """Where models come from: the hub, or (in tests) a local stand-in."""
 
-    def listing(self, repo_id: str) -> tuple[str, list[RemoteFile]]: ...
+    def listing(self, repo_id: str, revision: str | None) -> tuple[str, list[RemoteFile]]: ...
 
     def download(self, repo_id: str, revision: str, filename: str, staging: Path) -> Path: ...
 
@@ -59,11 +60,12 @@ class Source(Protocol):
 class HubSource:
     """The Hugging Face hub through huggingface_hub (resumable downloads with progress bars)."""
 
-    def listing(self, repo_id: str) -> tuple[str, list[RemoteFile]]:
-        """The repo's commit and files, with sizes and checksums."""
+    def listing(self, repo_id: str, revision: str | None) -> tuple[str, list[RemoteFile]]:
+        """The repo's commit and files at ``revision`` (None: its main branch), with sizes and
+        checksums."""
         from huggingface_hub import HfApi
 
-        info = HfApi().model_info(repo_id, files_metadata=True)
+        info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
         files = [
             RemoteFile(s.rfilename, s.size, s.lfs.sha256 if s.lfs else None, s.blob_id)
             for s in info.siblings or []
@@ -92,16 +94,20 @@ def _why(err: Exception) -> str:
     return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} ({hint})"
 
 
-def list_models(repo_ids: list[str], source: Source) -> dict[str, tuple[str, list[RemoteFile]]]:
+def list_models(
+    repo_ids: dict[str, str | None], source: Source
+) -> dict[str, tuple[str, list[RemoteFile]]]:
     """Every repo's commit and wanted files, listed before anything is written.
 
+    Args:
+        repo_ids: ``{repo id: the revision the profiles pin (None: main)}``.
     Raises:
         FetchError: one line per repo that could not be listed, or that has no safetensors.
     """
     found, failed = {}, []
-    for repo_id in repo_ids:
+    for repo_id, pinned in repo_ids.items():
         try:
-            revision, files = source.listing(repo_id)
+            revision, files = source.listing(repo_id, pinned)
         except Exception as err:  # noqa: BLE001 - any failure of the hub is reported by repo
             failed.append(f"{repo_id}: could not list its files: {_why(err)}")
             continue
@@ -178,9 +184,7 @@ def prepare_models(dest: str | Path, listed: dict, source: Source) -> dict[str, 
             rel, sha256, size = fetch_file(dest, repo_id, revision, remote, source)
             entries[rel] = {"sha256": sha256, "size": size}
         refs = repo_folder(dest, repo_id) / "refs"
-        refs.mkdir(parents=True, exist_ok=True)
-        (refs / "main.tmp").write_text(revision)
-        os.replace(refs / "main.tmp", refs / "main")
+        write_text(refs / "main", revision)  # atomic: a temporary name, then renamed
         entries[(refs / "main").relative_to(dest).as_posix()] = {
             "sha256": file_hashes(refs / "main")[0],
             "size": len(revision.encode()),
