@@ -91,7 +91,7 @@ def perplexity(
     Returns:
         ``{"ppl", "nll_sum", "n_tokens"}``.
     """
-    naive._check_stream(token_ids, max_length)  # transformers would divide 0 by 0: NaN
+    naive._check_stream(token_ids, max_length, model)  # transformers would divide 0 by 0
     device = next(model.parameters()).device
     nll_sum, n_scored = 0.0, 0
     for begin, end, first_new in naive._windows(
@@ -144,7 +144,7 @@ def score_choices(
     Returns:
         ``(logprob_sum, n_tokens)``: (C,) float32 and (C,), as in the naive twin.
     """
-    naive._check_choices(context_ids, choice_ids)
+    naive._check_choices(context_ids, choice_ids, model)
     device = next(model.parameters()).device
     rows = [context_ids + choice for choice in choice_ids]
     width = max(map(len, rows))

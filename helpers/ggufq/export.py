@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
+from helpers.checks import finite_tensor
+
 from . import naive
 
 ARCHS = ("llama", "qwen2")  # transformers' model_type; also llama.cpp's architecture name
@@ -173,7 +175,13 @@ def _write_weights(writer, folder: Path, config: dict, qtype: str, quantizers: M
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
     for hf_name, _, _, ggml_type in plan:
-        writer.write_tensor_data(_encode(_tensor(folder, hf_name, config), ggml_type, quantizers))
+        weight = _tensor(folder, hf_name, config)
+        try:  # a NaN, inf or too large a value is refused, the tensor named (F32 and F16 too)
+            finite_tensor(weight, "weight")
+            data = _encode(weight, ggml_type, quantizers)
+        except ValueError as err:
+            raise ValueError(f"{folder}: tensor {hf_name!r} as {ggml_type}: {err}") from None
+        writer.write_tensor_data(data)
 
 
 def _add_hparams(writer, config: dict, qtype: str) -> None:
