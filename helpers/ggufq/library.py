@@ -39,7 +39,8 @@ __all__ += ["quantize_q4_0", "quantize_q4_k", "quantize_q8_0"]
 def _quantize(weight: torch.Tensor, qtype: GGMLQuantizationType) -> torch.Tensor:
     _check_weight(weight)
     array = weight.detach().to(torch.float32).numpy()
-    out = torch.from_numpy(np.ascontiguousarray(gguf_quants.quantize(array, qtype)))
+    with np.errstate(over="ignore"):  # an fp16 scale overflow is refused just below
+        out = torch.from_numpy(np.ascontiguousarray(gguf_quants.quantize(array, qtype)))
     return _check_scales(out, qtype.name)
 
 
