@@ -317,3 +317,28 @@ def test_world_size_zero_is_refused(tiny_profile):
             twin.shard(list(range(8)), 0, 0)
     with pytest.raises(ValueError, match="world_size must be a positive integer"):
         task_job(tiny_profile, world_size=0, grad_accum_steps=1, steps=1)  # divided by 0
+
+
+@EVAL
+def test_greedy_generate_refuses_ids_past_the_vocabulary(ev, tiny):
+    model, tokenizer = tiny
+    vocab = model.get_input_embeddings().weight.shape[0]
+    ids = torch.tensor([[1, 2, vocab + 1]])
+    with pytest.raises(ValueError, match="input_ids holds the id"):
+        ev.greedy_generate(model, ids, torch.ones_like(ids), 2, tokenizer.eos_token_id, 0)
+
+
+@pytest.mark.parametrize("twin", ["naive", "library"])
+def test_qlora_quantize_model_refuses_a_nan_weight_and_replaces_nothing(twin, tiny_profile):
+    import importlib
+
+    from helpers.models import load_model
+
+    qlora = importlib.import_module(f"helpers.qlora.{twin}")
+    model, _ = load_model(tiny_profile, load_in_4bit=False)
+    name = "model.layers.1.self_attn.v_proj"
+    with torch.no_grad():
+        model.get_submodule(name).weight[2, 3] = float("nan")  # bitsandbytes stored a NaN block
+    with pytest.raises(ValueError, match=rf"{name}\.weight holds 1 NaN"):
+        qlora.quantize_model(model, torch.float32)
+    assert all(type(m) is nn.Linear for n, m in model.named_modules() if n.endswith("q_proj"))

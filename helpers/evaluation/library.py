@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from transformers.loss.loss_utils import ForCausalLMLoss
 
-from helpers import task
+from helpers import checks, task
 from helpers.evaluation import naive
 
 IGNORE_INDEX = -100
@@ -118,6 +118,7 @@ def greedy_generate(
 
     Args and Returns as in the naive twin: (B, T) left-padded prompts in, (B, S) tokens out.
     """
+    checks.token_ids(input_ids, checks.vocab_size(model), "input_ids")
     if naive._no_new_tokens(input_ids, max_new_tokens):  # generate refuses 0 new tokens
         return input_ids.new_empty(input_ids.shape[0], 0)  # (B, 0)
     device = next(model.parameters()).device  # the tokenizer's tensors are on the CPU

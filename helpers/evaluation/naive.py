@@ -198,6 +198,7 @@ def greedy_generate(
         ``pad_token_id`` until every row has finished (as ``model.generate`` does). For
         ``max_new_tokens=0``, (B, 0). On the model's device (the prompts are moved there).
     """
+    checks.token_ids(input_ids, checks.vocab_size(model), "input_ids")
     if _no_new_tokens(input_ids, max_new_tokens):
         return input_ids.new_empty(input_ids.shape[0], 0)  # (B, 0): nothing asked, nothing run
     device = next(model.parameters()).device  # the tokenizer's tensors are on the CPU
