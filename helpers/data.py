@@ -331,10 +331,9 @@ def encode(tokenizer: PreTrainedTokenizerBase, record: dict, max_seq_len: int) -
     ``WINDOW_CHARS``): a record of many megabytes costs what its ``max_seq_len`` tokens cost.
 
     Raises:
-        ValueError: ``max_seq_len`` below 2 (a token and the one it predicts), or an empty
-            completion or assistant turn.
+        ValueError: ``max_seq_len`` below 1, or an empty completion or assistant turn.
     """
-    whole_number(max_seq_len, "max_seq_len", low=2)
+    whole_number(max_seq_len, "max_seq_len")
     segments = _segments(tokenizer, record)
     eos = tokenizer.eos_token_id
     last = _head_ids(tokenizer, segments[-1][1], max_seq_len) + [eos]  # the last answer
@@ -361,7 +360,7 @@ class Collator:
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, max_seq_len: int = 128):
         self.tokenizer = tokenizer
-        self.max_seq_len = whole_number(max_seq_len, "max_seq_len", low=2)
+        self.max_seq_len = whole_number(max_seq_len, "max_seq_len")
 
     def __call__(self, records: list[dict]) -> dict[str, torch.Tensor]:
         if not records:

@@ -115,13 +115,13 @@ def test_trl_texts_are_cut_to_what_trl_keeps(tiny_tokenizer):
     assert sft_library._bounded(tiny_tokenizer, short, 128) == short
 
 
-@pytest.mark.parametrize("max_seq_len", [0, 1, -3, 2.5])
-def test_max_seq_len_below_two_is_refused(tiny_tokenizer, max_seq_len):
+@pytest.mark.parametrize("max_seq_len", [0, -3, 2.5])
+def test_max_seq_len_below_one_is_refused(tiny_tokenizer, max_seq_len):
     # max_seq_len=0 used to return empty token lists, and a batch of empty tensors
     record = {"prompt": "Tag this.", "completion": '{"category": "delivery"}'}
-    with pytest.raises(ValueError, match="max_seq_len must be an integer of at least 2"):
+    with pytest.raises(ValueError, match="max_seq_len must be a positive integer"):
         data.encode(tiny_tokenizer, record, max_seq_len)
-    with pytest.raises(ValueError, match="max_seq_len must be an integer of at least 2"):
+    with pytest.raises(ValueError, match="max_seq_len must be a positive integer"):
         data.Collator(tiny_tokenizer, max_seq_len)
 
 

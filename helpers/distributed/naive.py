@@ -45,8 +45,9 @@ def broadcast_parameters(model: nn.Module, src: int = 0) -> None:
 
 def shard(items: Sequence, rank: int, world_size: int) -> list:
     """This rank's part of a global list: items rank, rank + N, ... (as DistributedSampler)."""
-    whole_number(world_size, "world_size")
-    whole_number(rank, "rank", 0, world_size - 1)
+    whole_number(world_size, "world_size")  # 0 used to leave every rank "outside 0..-1"
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+        raise ValueError(f"shard: rank {rank!r} outside 0..{world_size - 1}")
     return list(items[rank::world_size])
 
 
