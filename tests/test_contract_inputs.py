@@ -342,3 +342,17 @@ def test_qlora_quantize_model_refuses_a_nan_weight_and_replaces_nothing(twin, ti
     with pytest.raises(ValueError, match=rf"{name}\.weight holds 1 NaN"):
         qlora.quantize_model(model, torch.float32)
     assert all(type(m) is nn.Linear for n, m in model.named_modules() if n.endswith("q_proj"))
+
+
+@pytest.mark.parametrize("twin", ["naive", "library"])
+@pytest.mark.parametrize("card_gib", [float("nan"), float("inf"), -1.0, 0])
+def test_fits_refuses_a_card_size_that_is_not_a_positive_number(twin, card_gib):
+    # the library twin crashed in int() on a NaN and judged a negative card "does NOT fit"
+    import importlib
+
+    from helpers.memory import RunSpec
+
+    memory = importlib.import_module(f"helpers.memory.{twin}")
+    shape = importlib.import_module("helpers.memory.naive").MODELS["Qwen2.5-1.5B"]
+    with pytest.raises(ValueError, match="card_gib must be a positive number of GiB"):
+        memory.fits(shape, RunSpec("lora", 1, 16, "float32", lora_r=4), card_gib)
