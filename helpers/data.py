@@ -15,6 +15,7 @@ from __future__ import annotations
 import codecs
 import gzip
 import json
+import re
 import zlib
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import torch
 from datasets import Dataset, DatasetInfo
 from transformers import PreTrainedTokenizerBase
 
+from helpers.checks import whole_number
 from helpers.paths import TASK_DIR
 from helpers.task import format_prompt
 
@@ -79,6 +81,8 @@ def _check_messages(turns: object, where: str) -> None:
             raise ValueError(f"{at}: role {turn['role']!r} is not one of {ROLES}")
         if not isinstance(turn["content"], str):
             raise ValueError(f"{at}: 'content' must be a string")
+        if turn["role"] == "assistant" and not turn["content"].strip():
+            raise ValueError(f"{at}: an assistant turn's 'content' is empty: nothing to learn")
     if not any(t["role"] == "assistant" for t in turns):
         raise ValueError(f"{where}: 'messages' has no assistant turn: nothing to learn")
 
@@ -248,22 +252,74 @@ def _segments(tokenizer: PreTrainedTokenizerBase, record: dict) -> list[tuple[st
     """(context text, answer text) per answer: one for prompt/completion, one per assistant
     turn of a conversation. Each context is the chat template's text since the last answer."""
     if "messages" not in record:
-        return [(format_prompt(tokenizer, record["prompt"]), record["completion"])]
-    turns, done, pairs = list(record["messages"]), "", []
-    eos = tokenizer.eos_token or ""
-    for i, turn in enumerate(turns):
-        if turn["role"] != "assistant":
-            continue
-        context = _template(tokenizer, turns[:i], opening=True)
-        if not context.startswith(done):
-            raise ValueError(
-                "this tokenizer's chat template renders earlier turns differently in later "
-                "prompts: give one assistant turn per record"
-            )
-        # the answer's eos was appended as a token: do not tokenize the template's copy again
-        pairs.append((context[len(done) :].removeprefix(eos), turn["content"]))
-        done = context + turn["content"]
+        pairs = [(format_prompt(tokenizer, record["prompt"]), record["completion"])]
+    else:
+        turns, done, pairs = list(record["messages"]), "", []
+        eos = tokenizer.eos_token or ""
+        for i, turn in enumerate(turns):
+            if turn["role"] != "assistant":
+                continue
+            context = _template(tokenizer, turns[:i], opening=True)
+            if not context.startswith(done):
+                raise ValueError(
+                    "this tokenizer's chat template renders earlier turns differently in later "
+                    "prompts: give one assistant turn per record"
+                )
+            # the answer's eos was appended as a token: do not tokenize the template's copy again
+            pairs.append((context[len(done) :].removeprefix(eos), turn["content"]))
+            done = context + turn["content"]
+    if not pairs or any(not isinstance(a, str) or not a.strip() for _, a in pairs):
+        raise ValueError(
+            "encode: the record's completion (or an assistant turn) is empty: nothing to learn "
+            "but the eos token; drop the record (load_jsonl refuses it too)"
+        )
     return pairs
+
+
+# Tokenizing a long text costs time and memory in its length, and ``encode`` keeps at most
+# ``max_seq_len`` tokens: so it tokenizes a window of the text big enough for them, at first
+# WINDOW_CHARS characters per token wanted, doubled until the window gives enough tokens.
+# The window is cut where a byte-level BPE pre-tokenizer (GPT-2's and Qwen2's regex) always
+# splits, before a space that follows a non-space character, so the tokens kept are those of
+# the whole text; CUT_MARGIN tokens next to the cut are dropped as well, for tokenizers that
+# split otherwise (and for a text with no such space near the cut).
+WINDOW_CHARS, CUT_MARGIN = 8, 16
+_SPLIT = re.compile(r"(?<=\S) ")
+
+
+def _ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+
+def _tail_ids(tokenizer: PreTrainedTokenizerBase, text: str, n: int) -> list[int]:
+    """The last ``n`` ids of ``text``'s tokens (all of them if fewer), from a window of its end."""
+    chars = (n + CUT_MARGIN) * WINDOW_CHARS
+    while chars < len(text):
+        start = len(text) - chars
+        split = _SPLIT.search(text, start, start + chars // 2)
+        ids = _ids(tokenizer, text[split.start() if split else start :])
+        if len(ids) >= n + CUT_MARGIN:
+            return ids[len(ids) - n :]
+        chars *= 2
+    return _ids(tokenizer, text)[-n:] if n else []
+
+
+def head_text(tokenizer: PreTrainedTokenizerBase, text: str, n: int) -> str:
+    """A start of ``text`` whose tokens begin with the first ``n`` tokens of the whole text
+    (the whole text if it is short): what a tokenizer that keeps ``n`` tokens needs to see."""
+    chars = (n + CUT_MARGIN) * WINDOW_CHARS
+    while chars < len(text):
+        split = _SPLIT.search(text, chars, chars + chars // 2)
+        head = text[: split.start() if split else chars]
+        if len(_ids(tokenizer, head)) >= n + CUT_MARGIN:
+            return head
+        chars *= 2
+    return text
+
+
+def _head_ids(tokenizer: PreTrainedTokenizerBase, text: str, n: int) -> list[int]:
+    """The first ``n`` ids of ``text``'s tokens (all of them if fewer), from a window of its start."""
+    return _ids(tokenizer, head_text(tokenizer, text, n))[:n]
 
 
 def encode(tokenizer: PreTrainedTokenizerBase, record: dict, max_seq_len: int) -> dict:
@@ -271,19 +327,28 @@ def encode(tokenizer: PreTrainedTokenizerBase, record: dict, max_seq_len: int) -
 
     The answers are the completion, or each assistant turn of ``messages``, with an eos each.
     A sequence too long loses its start (the last answer is kept whole up to ``max_seq_len``),
-    so the model still learns to answer.
+    so the model still learns to answer. Only the text near what is kept is tokenized (see
+    ``WINDOW_CHARS``): a record of many megabytes costs what its ``max_seq_len`` tokens cost.
+
+    Raises:
+        ValueError: ``max_seq_len`` below 1, or an empty completion or assistant turn.
     """
-    ids, labels = [], []
-    for context, answer in _segments(tokenizer, record):
-        context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
-        answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
-        answer_ids = answer_ids + [tokenizer.eos_token_id]
-        ids += context_ids + answer_ids
-        labels += [IGNORE_INDEX] * len(context_ids) + answer_ids
-    if len(answer_ids) >= max_seq_len:  # the last answer alone fills the window: its start
-        start = len(ids) - len(answer_ids)
-        return {"input_ids": ids[start : start + max_seq_len], "labels": answer_ids[:max_seq_len]}
-    return {"input_ids": ids[-max_seq_len:], "labels": labels[-max_seq_len:]}
+    whole_number(max_seq_len, "max_seq_len")
+    segments = _segments(tokenizer, record)
+    eos = tokenizer.eos_token_id
+    last = _head_ids(tokenizer, segments[-1][1], max_seq_len) + [eos]  # the last answer
+    if len(last) >= max_seq_len:  # the last answer alone fills the window: its start
+        return {"input_ids": last[:max_seq_len], "labels": last[:max_seq_len]}
+    parts = [part for c, a in segments for part in ((c, False), (a, True), (None, True))]
+    ids, labels = list(last), list(last)
+    for text, learned in reversed(parts[:-2]):  # from the end, until the window is full
+        room = max_seq_len - len(ids)
+        if room == 0:
+            break
+        piece = [eos] if text is None else _tail_ids(tokenizer, text, room)  # None: an eos
+        ids = piece + ids
+        labels = (piece if learned else [IGNORE_INDEX] * len(piece)) + labels
+    return {"input_ids": ids, "labels": labels}
 
 
 class Collator:
@@ -294,9 +359,12 @@ class Collator:
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, max_seq_len: int = 128):
-        self.tokenizer, self.max_seq_len = tokenizer, max_seq_len
+        self.tokenizer = tokenizer
+        self.max_seq_len = whole_number(max_seq_len, "max_seq_len")
 
     def __call__(self, records: list[dict]) -> dict[str, torch.Tensor]:
+        if not records:
+            raise ValueError("Collator: no records to collate")
         encoded = [encode(self.tokenizer, r, self.max_seq_len) for r in records]
         longest = max(len(e["input_ids"]) for e in encoded)
         pad = self.tokenizer.pad_token_id

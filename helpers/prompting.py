@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from helpers.checks import whole_number
 from helpers.task import FIELDS, score
 
 
@@ -104,6 +105,10 @@ def prompting_exact_match(
         ValueError: shots > 0 without a ``shot_pool``, or a prompt longer than the model's
             context.
     """
+    whole_number(max_new_tokens, "max_new_tokens")
+    whole_number(batch_size, "batch_size")
+    if len(examples) == 0:
+        raise ValueError("prompting_exact_match: examples holds no records: nothing to score")
     if shots and shot_pool is None:
         raise ValueError("shots > 0 needs a shot_pool (e.g. the training split)")
     chosen = pick_shots(shot_pool, shots) if shots else []

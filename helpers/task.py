@@ -12,6 +12,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from helpers.checks import whole_number
+
 FIELDS = ("category", "sentiment", "urgency")
 
 
@@ -62,6 +64,8 @@ def generate_answers(
 
     Batches are left-padded so that every prompt ends where generation starts.
     """
+    whole_number(max_new_tokens, "max_new_tokens")
+    whole_number(batch_size, "batch_size")
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     answers: list[str] = []
     device = next(model.parameters()).device
@@ -93,6 +97,10 @@ def evaluate(model, tokenizer, dataset, n: int | None = None, **generate_kwargs)
         A dict with ``exact_match``, ``valid_rate``, ``<field>_accuracy`` (fractions in [0, 1]),
         ``n``, and ``predictions`` (the generated texts).
     """
+    if n is not None:
+        whole_number(n, "n")
+    if len(dataset) == 0:
+        raise ValueError("evaluate: the dataset holds no records: nothing to score")
     records = dataset.select(range(min(n or len(dataset), len(dataset))))
     was_training = model.training
     model.eval()

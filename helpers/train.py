@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from helpers.checks import positive_number, whole_number
 from helpers.data import IGNORE_INDEX, Collator
 from helpers.evaluation.naive import sequence_nll
 
@@ -55,9 +56,13 @@ def validation_loss(model, tokenizer, dataset, micro_batch_size: int = 16, max_s
     Returns:
         The summed cross-entropy over every target token divided by their number (a float).
     """
+    whole_number(micro_batch_size, "micro_batch_size")
+    if len(dataset) == 0:
+        raise ValueError("validation_loss: the dataset holds no records")
+    collate = Collator(tokenizer, max_seq_len)  # checks max_seq_len
     was_training, device = model.training, next(model.parameters()).device
     model.eval()
-    collate, total, count = Collator(tokenizer, max_seq_len), 0.0, 0
+    total, count = 0.0, 0
     for start in range(0, len(dataset), micro_batch_size):
         batch = collate(
             [dataset[i] for i in range(start, min(start + micro_batch_size, len(dataset)))]
@@ -112,6 +117,16 @@ def train(
         One loss per optimizer step; a window with no target tokens is skipped with a warning
         (no step, no loss), as in ``helpers.accumulation``.
     """
+    whole_number(max_steps, "max_steps")
+    whole_number(micro_batch_size, "micro_batch_size")
+    whole_number(grad_accum_steps, "grad_accum_steps")
+    positive_number(lr, "lr")
+    if len(dataset) < micro_batch_size:  # the draw would never fill one micro-batch
+        raise ValueError(
+            f"the dataset holds {len(dataset)} records, fewer than micro_batch_size="
+            f"{micro_batch_size}: lower micro_batch_size or add records"
+        )
+    collate = Collator(tokenizer, max_seq_len)  # checks max_seq_len
     if max_grad_norm is not None and not max_grad_norm > 0:
         raise ValueError(f"max_grad_norm must be a positive number or None, got {max_grad_norm}")
     if eval_dataset is not None and eval_every < 1:
@@ -125,7 +140,7 @@ def train(
     device = next(model.parameters()).device
     amp = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision or "")
     scaler = torch.amp.GradScaler("cuda", enabled=mixed_precision == "fp16")
-    batches = _batches(dataset, Collator(tokenizer, max_seq_len), micro_batch_size, seed)
+    batches = _batches(dataset, collate, micro_batch_size, seed)
     model.train()
     losses: list[float] = []
     bar = tqdm(range(max_steps), desc="training", disable=not progress)

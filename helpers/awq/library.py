@@ -26,7 +26,9 @@ from unittest import mock
 
 import torch
 
-from .naive import AWQResult, capture_inputs, layer_rel_error, search_grid
+from helpers.checks import finite_tensor
+
+from .naive import AWQResult, capture_inputs, check_awq_args, layer_rel_error, search_grid
 
 # llm-compressor logs a "no accelerator" warning on a CPU, which is what we mean here; the
 # level is read once, when llmcompressor is first imported
@@ -157,10 +159,12 @@ def awq_layer(
     """
     from llmcompressor.modifiers.transform.awq import AWQMapping
 
+    check_awq_args(bits, group_size, n_grid, duo_scaling)
     inputs = capture_inputs(model, batches, layer)  # checks `layer`; finds the ratio below
     modules = dict(model.named_modules())
     if smooth not in modules:
         raise ValueError(f"{smooth!r} is not a module of the model")
+    finite_tensor(modules[layer].weight.detach(), "weight")  # as the naive twin checks it
     mapping = AWQMapping(_pattern(smooth), [_pattern(layer)])
     args = _weight_args(bits, group_size)
     done = dict(
@@ -191,6 +195,11 @@ def awq_model(
     allow; post-attention norm -> gate, up; up -> down), with the smoothed norms and the
     dequantized 4-bit weights written in (fake quantization: fp32 values on the 4-bit grid).
     The output head stays in full precision."""
+    check_awq_args(bits, group_size, n_grid, duo_scaling)
+    if not batches or not all(len(ids) for ids in batches):
+        raise ValueError("batches must hold at least one calibration sequence, none empty")
+    for name, param in model.named_parameters():
+        finite_tensor(param.detach(), f"the model's {name}")
     args = _weight_args(bits, group_size)
     done = _oneshot(model, tokenizer, batches, None, ["Linear"], args, n_grid, duo_scaling)
     plain = copy.deepcopy(model)

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from helpers.gptq.naive import layer_rel_error, rtn_quantize
+from helpers.checks import finite_tensor, whole_number
+from helpers.gptq.naive import check_inputs, check_weight, layer_rel_error, rtn_quantize
 
 __all__ = ["AWQResult", "awq_layer", "awq_quantize", "capture_inputs", "layer_rel_error"]
 __all__ += ["search_grid"]
@@ -46,6 +47,7 @@ def search_grid(n_grid: int, duo_scaling: bool = False) -> list[tuple[float, boo
     """The grid points ``(ratio, duo)`` tried, as llm-compressor 0.14 builds them: without
     ``duo_scaling``, ``n_grid`` ratios evenly spaced from 0 to 1; with it, ``(0, False)`` (plain
     round-to-nearest) then ``n_grid - 1`` ratios from 0 to 1 with duo scaling."""
+    whole_number(n_grid, "n_grid")
     if n_grid < 2 + duo_scaling:
         raise ValueError(f"n_grid must be at least {2 + duo_scaling}, got {n_grid}")
     if not duo_scaling:
@@ -75,7 +77,15 @@ def awq_quantize(
     n_grid: int = 20,
     duo_scaling: bool = False,
 ) -> AWQResult:
-    """Search AWQ's per-channel scales for ``weight (out, in)`` on ``inputs (..., in)``."""
+    """Search AWQ's per-channel scales for ``weight (out, in)`` on ``inputs (..., in)``.
+
+    Raises:
+        ValueError: a NaN or inf in ``weight`` or ``inputs``, no calibration rows, ``bits``
+            outside 2..8, a ``group_size`` that does not divide ``in``.
+    """
+    check_weight(weight, bits, group_size)
+    check_inputs(inputs)
+    search_grid(n_grid, duo_scaling)  # checks n_grid
     x = inputs.reshape(-1, inputs.shape[-1]).to(torch.float32)  # (n, in)
     if x.shape[1] != weight.shape[1]:
         raise ValueError(f"inputs have {x.shape[1]} features, weight expects {weight.shape[1]}")
@@ -87,9 +97,23 @@ def awq_quantize(
         s = _scales(x_mean, w_mean, ratio, duo)
         effective = rtn_quantize(w * s, bits, group_size) / s  # Q(W s) s^-1
         errors.append(float(((x @ effective.T - reference) ** 2).mean()))
+        if not torch.isfinite(torch.tensor(errors[-1])):  # float32 overflow of huge inputs
+            raise ValueError(
+                f"the output error at ratio {ratio} is {errors[-1]}: inputs or weight too "
+                "large for float32; scale them down"
+            )
         if best is None or errors[-1] < best[0]:
             best = (errors[-1], ratio, s, effective)
     return AWQResult(best[3], best[2], best[1], errors)
+
+
+def check_awq_args(bits: int, group_size: int, n_grid: int, duo_scaling: bool) -> None:
+    """The settings both twins' ``awq_layer`` and ``awq_model`` take, checked before any run."""
+    from helpers.checks import bits as check_bits
+
+    check_bits(bits)
+    whole_number(group_size, "group_size")
+    search_grid(n_grid, duo_scaling)
 
 
 @torch.no_grad()
@@ -108,7 +132,8 @@ def capture_inputs(model: torch.nn.Module, batches: Sequence[Sequence[int]], lay
             model(input_ids=torch.tensor([list(ids)], device=module.weight.device))
     finally:
         hook.remove()
-    return torch.cat(seen).float().cpu()  # (n_tokens, in)
+    # a NaN here comes from the model (NaN weights or an fp16 overflow): say where
+    return finite_tensor(torch.cat(seen).float().cpu(), f"the inputs of {layer!r}")
 
 
 def awq_layer(
@@ -136,6 +161,7 @@ def awq_layer(
     Returns:
         The ``AWQResult`` of ``awq_quantize`` on the captured inputs.
     """
+    check_awq_args(bits, group_size, n_grid, duo_scaling)
     inputs = capture_inputs(model, batches, layer)  # checks that `layer` is a linear layer
     weight = dict(model.named_modules())[layer].weight.detach().float()
     device = weight.device  # the search runs where the model is (a GPU on the T4 profiles)

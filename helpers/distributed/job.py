@@ -137,8 +137,13 @@ def task_job(profile, world_size: int, grad_accum_steps: int, steps: int, seed: 
     Returns:
         A Job (``join_batches`` makes one batch of a window for the single-process reference).
     """
+    from helpers.checks import whole_number
     from helpers.data import Collator, load_task
     from helpers.models import load_tokenizer
+
+    whole_number(world_size, "world_size")  # the micro-batch size divides by it
+    whole_number(grad_accum_steps, "grad_accum_steps")
+    whole_number(steps, "steps")
 
     tokenizer = load_tokenizer(profile)
     collate, records = Collator(tokenizer, profile.max_seq_len), load_task("train")

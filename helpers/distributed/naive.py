@@ -30,6 +30,7 @@ import torch.distributed as dist
 from torch import nn
 
 from helpers.accumulation.naive import count_targets, token_loss_sum
+from helpers.checks import whole_number
 from helpers.distributed.job import Job, build_model, state_bytes, to_device, trainable_state
 
 NORMALISATIONS = ("global", "local")
@@ -44,8 +45,9 @@ def broadcast_parameters(model: nn.Module, src: int = 0) -> None:
 
 def shard(items: Sequence, rank: int, world_size: int) -> list:
     """This rank's part of a global list: items rank, rank + N, ... (as DistributedSampler)."""
-    if not 0 <= rank < world_size:
-        raise ValueError(f"shard: rank {rank} outside 0..{world_size - 1}")
+    whole_number(world_size, "world_size")  # 0 used to leave every rank "outside 0..-1"
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+        raise ValueError(f"shard: rank {rank!r} outside 0..{world_size - 1}")
     return list(items[rank::world_size])
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from transformers.loss.loss_utils import ForCausalLMLoss
 
-from helpers import task
+from helpers import checks, task
 from helpers.evaluation import naive
 
 IGNORE_INDEX = -100
@@ -91,7 +91,7 @@ def perplexity(
     Returns:
         ``{"ppl", "nll_sum", "n_tokens"}``.
     """
-    naive._check_stream(token_ids, max_length)  # transformers would divide 0 by 0: NaN
+    naive._check_stream(token_ids, max_length, model)  # transformers would divide 0 by 0
     device = next(model.parameters()).device
     nll_sum, n_scored = 0.0, 0
     for begin, end, first_new in naive._windows(
@@ -118,6 +118,7 @@ def greedy_generate(
 
     Args and Returns as in the naive twin: (B, T) left-padded prompts in, (B, S) tokens out.
     """
+    checks.token_ids(input_ids, checks.vocab_size(model), "input_ids")
     if naive._no_new_tokens(input_ids, max_new_tokens):  # generate refuses 0 new tokens
         return input_ids.new_empty(input_ids.shape[0], 0)  # (B, 0)
     device = next(model.parameters()).device  # the tokenizer's tensors are on the CPU
@@ -144,7 +145,7 @@ def score_choices(
     Returns:
         ``(logprob_sum, n_tokens)``: (C,) float32 and (C,), as in the naive twin.
     """
-    naive._check_choices(context_ids, choice_ids)
+    naive._check_choices(context_ids, choice_ids, model)
     device = next(model.parameters()).device
     rows = [context_ids + choice for choice in choice_ids]
     width = max(map(len, rows))

@@ -24,6 +24,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from helpers import checks
+
 IGNORE_INDEX = -100  # a label that adds nothing (the convention of torch's cross_entropy)
 # Positions whose logits exist at once when scoring. Logits over a real vocabulary are the
 # largest tensor of an evaluation: 2,048 positions x 151,936 entries (Qwen2.5) in float32 are
@@ -112,9 +114,10 @@ def _windows(n_tokens: int, max_length: int, stride: int):
             break
 
 
-def _check_stream(token_ids: torch.Tensor, max_length: int) -> None:
+def _check_stream(token_ids: torch.Tensor, max_length: int, model=None) -> None:
     """Perplexity scores every token but the first: it needs a 1-D stream of 2 tokens or more,
-    and windows of 2 tokens or more (a 1-token window has no token with context)."""
+    and windows of 2 tokens or more (a 1-token window has no token with context); with
+    ``model``, ids inside its vocabulary (an id past it would crash the embedding look-up)."""
     if not isinstance(token_ids, torch.Tensor) or token_ids.dim() != 1:
         got = tuple(token_ids.shape) if isinstance(token_ids, torch.Tensor) else type(token_ids)
         raise TypeError(f"token_ids must be a 1-D tensor of token ids (N,), got {got}")
@@ -127,6 +130,8 @@ def _check_stream(token_ids: torch.Tensor, max_length: int) -> None:
         raise ValueError(
             f"max_length must be an integer >= 2 (a window's tokens), got {max_length!r}"
         )
+    if model is not None:
+        checks.token_ids(token_ids, checks.vocab_size(model))
 
 
 def perplexity(
@@ -151,7 +156,7 @@ def perplexity(
     Raises:
         ValueError: fewer than 2 tokens, or ``max_length`` < 2: nothing would be scored.
     """
-    _check_stream(token_ids, max_length)
+    _check_stream(token_ids, max_length, model)
     device = next(model.parameters()).device
     nll_sum, n_scored = 0.0, 0
     for begin, end, first_new in _windows(token_ids.numel(), max_length, stride or max_length):
@@ -193,6 +198,7 @@ def greedy_generate(
         ``pad_token_id`` until every row has finished (as ``model.generate`` does). For
         ``max_new_tokens=0``, (B, 0). On the model's device (the prompts are moved there).
     """
+    checks.token_ids(input_ids, checks.vocab_size(model), "input_ids")
     if _no_new_tokens(input_ids, max_new_tokens):
         return input_ids.new_empty(input_ids.shape[0], 0)  # (B, 0): nothing asked, nothing run
     device = next(model.parameters()).device  # the tokenizer's tensors are on the CPU
@@ -231,7 +237,7 @@ def greedy_generate(
     return torch.stack(new_tokens, dim=1)  # (B, S)
 
 
-def _check_choices(context_ids: list[int], choice_ids: list[list[int]]) -> None:
+def _check_choices(context_ids: list[int], choice_ids: list[list[int]], model=None) -> None:
     if len(context_ids) == 0:
         raise ValueError(
             "context_ids is empty: the first token of each choice would have no context to be "
@@ -245,6 +251,9 @@ def _check_choices(context_ids: list[int], choice_ids: list[list[int]]) -> None:
                 f"choice {i} has no tokens: its log-likelihood would be 0, the largest possible, "
                 "so it would always win; drop it or give it text"
             )
+    if model is not None:
+        ids = torch.tensor([*context_ids, *(i for choice in choice_ids for i in choice)])
+        checks.token_ids(ids, checks.vocab_size(model), "context_ids and choice_ids")
 
 
 @torch.no_grad()
@@ -265,7 +274,7 @@ def score_choices(
         ValueError: an empty context (the choice's first token would have nothing to be
             predicted from), no choices, or an empty choice (log p = 0 would win).
     """
-    _check_choices(context_ids, choice_ids)
+    _check_choices(context_ids, choice_ids, model)
     device = next(model.parameters()).device
     sums, lengths = [], []
     for choice in choice_ids:

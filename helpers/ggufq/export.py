@@ -34,6 +34,7 @@ import torch
 from safetensors import safe_open
 
 from helpers.atomic import atomic_path
+from helpers.checks import finite_tensor
 
 from . import naive
 
@@ -175,7 +176,13 @@ def _write_weights(writer, folder: Path, config: dict, qtype: str, quantizers: M
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
     for hf_name, _, _, ggml_type in plan:
-        writer.write_tensor_data(_encode(_tensor(folder, hf_name, config), ggml_type, quantizers))
+        weight = _tensor(folder, hf_name, config)
+        try:  # a NaN, inf or too large a value is refused, the tensor named (F32 and F16 too)
+            finite_tensor(weight, "weight")
+            data = _encode(weight, ggml_type, quantizers)
+        except ValueError as err:
+            raise ValueError(f"{folder}: tensor {hf_name!r} as {ggml_type}: {err}") from None
+        writer.write_tensor_data(data)
 
 
 def _add_hparams(writer, config: dict, qtype: str) -> None:

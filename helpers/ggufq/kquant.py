@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import torch
 
+from helpers.checks import finite_tensor
+
 QK_K = 256  # values per super-block
 SUB = 32  # values per sub-block
 
@@ -106,6 +108,7 @@ def quantize_q4_k(weight: torch.Tensor) -> torch.Tensor:
             f"Q4_K needs rows of whole super-blocks of {QK_K}, got shape {tuple(weight.shape)}; "
             "llama.cpp stores such tensors in another type (see llama-quant.cpp)"
         )
+    finite_tensor(weight, "weight")  # ggml's search would turn a NaN into code 0 silently
     x = weight.detach().to(torch.float32).reshape(-1, SUB)  # (n_sub, 32)
     codes, scales, mins = sub_block_fit(x)
     n = x.shape[0] // 8
@@ -118,4 +121,6 @@ def quantize_q4_k(weight: torch.Tensor) -> torch.Tensor:
     packed = (codes[:, :, 0] + 16 * codes[:, :, 1]).to(torch.uint8).reshape(n, 128)
     halves = torch.cat([d, dmin], dim=1).to(torch.float16).view(torch.uint8)  # (n, 4)
     out = torch.cat([halves, _pack_scales(ls, lm), packed], dim=1)  # (n, 144)
-    return out.reshape(*weight.shape[:-1], -1)
+    from .naive import _check_scales  # here: naive imports this module
+
+    return _check_scales(out, "Q4_K").reshape(*weight.shape[:-1], -1)

@@ -19,10 +19,13 @@ import torch
 from gguf import GGMLQuantizationType
 from gguf import quants as gguf_quants
 
+from helpers.checks import finite_tensor
+
 from .naive import (
     BLOCK_SIZE,
     BYTES_PER_BLOCK,
     VALUES_PER_BLOCK,
+    _check_scales,
     _check_weight,
     _split,
     bits_per_weight,
@@ -36,7 +39,9 @@ __all__ += ["quantize_q4_0", "quantize_q4_k", "quantize_q8_0"]
 def _quantize(weight: torch.Tensor, qtype: GGMLQuantizationType) -> torch.Tensor:
     _check_weight(weight)
     array = weight.detach().to(torch.float32).numpy()
-    return torch.from_numpy(np.ascontiguousarray(gguf_quants.quantize(array, qtype)))
+    with np.errstate(over="ignore"):  # an fp16 scale overflow is refused just below
+        out = torch.from_numpy(np.ascontiguousarray(gguf_quants.quantize(array, qtype)))
+    return _check_scales(out, qtype.name)
 
 
 def _dequantize(data: torch.Tensor, qtype: GGMLQuantizationType) -> torch.Tensor:
@@ -86,10 +91,11 @@ def quantize_q4_k(weight: torch.Tensor) -> torch.Tensor:
         raise ValueError(
             f"Q4_K needs rows of whole super-blocks of {QK_K}, got {tuple(weight.shape)}"
         )
+    finite_tensor(weight, "weight")  # ggml's C would turn a NaN into code 0 silently
     src = np.ascontiguousarray(weight.detach().to(torch.float32).numpy())
     out = np.zeros(src.size // QK_K * BYTES_PER_BLOCK["Q4_K"], dtype=np.uint8)
     _ggml().quantize_row_q4_K_ref(src.ctypes.data, out.ctypes.data, src.size)
-    return torch.from_numpy(out).reshape(*weight.shape[:-1], -1)
+    return _check_scales(torch.from_numpy(out), "Q4_K").reshape(*weight.shape[:-1], -1)
 
 
 def dequantize_q4_k(data: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import torch
 
+from helpers.checks import finite_tensor
+
 from .kquant import QK_K, quantize_q4_k
 
 BLOCK_SIZE = 32  # values per block of Q8_0 and Q4_0
@@ -40,6 +42,26 @@ def _check_weight(weight: torch.Tensor) -> None:
             f"weight's last dimension must be a multiple of {BLOCK_SIZE}, got shape "
             f"{tuple(weight.shape)}"
         )
+    finite_tensor(weight, "weight")  # a NaN would make its whole block NaN in the file
+
+
+def _check_scales(out: torch.Tensor, kind: str) -> torch.Tensor:
+    """Quantized bytes ``out``, after checking that every fp16 scale in them is finite: a
+    block whose scale (Q8_0: absmax / 127, Q4_0: absmax / 8, Q4_K: its 6-bit step) is above
+    fp16's 65504 would be stored as inf and read back as inf and NaN (both twins refuse it)."""
+    blocks = out.reshape(-1, BYTES_PER_BLOCK[kind])
+    halves = 2 if kind == "Q4_K" else 1  # Q4_K stores d and dmin, the others d alone
+    scales = blocks[:, : 2 * halves].contiguous().view(torch.float16)  # (n_blocks, halves)
+    bad = ~torch.isfinite(scales).all(dim=1)
+    if bool(bad.any()):
+        block = int(bad.nonzero()[0])
+        raise ValueError(
+            f"weight: {kind} block {block} (values {block * VALUES_PER_BLOCK[kind]} onward, "
+            "counted row after row) needs a scale larger than fp16's 65504: its values are "
+            f"too large for {kind} (Q8_0 holds magnitudes up to about 8.3e6, Q4_0 about 5.2e5)."
+            " Keep this tensor in F32 or F16, or find why it is so large"
+        )
+    return out
 
 
 def _blocks(weight: torch.Tensor) -> torch.Tensor:
@@ -75,7 +97,7 @@ def quantize_q8_0(weight: torch.Tensor) -> torch.Tensor:
     inv = torch.where(d == 0, torch.zeros_like(d), 1 / d)  # an all-zero block keeps d = 0
     codes = _roundf(blocks * inv).to(torch.int8).view(torch.uint8)  # (n_blocks, 32)
     out = torch.cat([_scale_bytes(d), codes], dim=1)  # (n_blocks, 34)
-    return out.reshape(*weight.shape[:-1], -1)
+    return _check_scales(out, "Q8_0").reshape(*weight.shape[:-1], -1)
 
 
 def quantize_q4_0(weight: torch.Tensor) -> torch.Tensor:
@@ -94,7 +116,7 @@ def quantize_q4_0(weight: torch.Tensor) -> torch.Tensor:
     codes = (blocks * inv + 8.5).trunc().clamp(0, 15).to(torch.uint8)  # (n_blocks, 32)
     packed = codes[:, :16] | (codes[:, 16:] << 4)  # (n_blocks, 16): low nibble = first half
     out = torch.cat([_scale_bytes(d), packed], dim=1)  # (n_blocks, 18)
-    return out.reshape(*weight.shape[:-1], -1)
+    return _check_scales(out, "Q4_0").reshape(*weight.shape[:-1], -1)
 
 
 def _split(data: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor, tuple]:

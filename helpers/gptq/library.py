@@ -12,7 +12,16 @@ import os
 
 import torch
 
-from .naive import GPTQResult, hessian, layer_rel_error, minmax_grid, rtn_quantize
+from .naive import (
+    NOT_INVERTIBLE,
+    GPTQResult,
+    check_hessian,
+    check_weight,
+    hessian,
+    layer_rel_error,
+    minmax_grid,
+    rtn_quantize,
+)
 
 __all__ = ["GPTQResult", "gptq_quantize", "hessian", "layer_rel_error", "minmax_grid"]
 __all__ += ["rtn_quantize"]
@@ -40,19 +49,25 @@ def gptq_quantize(
     act_order: bool = False,
     percdamp: float = 0.01,
 ) -> GPTQResult:
-    """Quantize ``weight (out, in)`` given ``h (in, in)`` with llm-compressor's GPTQ."""
+    """Quantize ``weight (out, in)`` given ``h (in, in)`` with llm-compressor's GPTQ.
+
+    Raises:
+        ValueError: as the naive twin; in particular where llm-compressor cannot invert the
+            damped ``h`` and falls back to round-to-nearest for the layer (it returns a flag
+            that says so; its answer would not be GPTQ's).
+    """
+    check_weight(weight, bits, group_size)
+    check_hessian(h, weight.shape[1], percdamp)
     # llm-compressor logs a "no accelerator" warning as it loads: a CPU is what we mean here
     os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "ERROR")
     from compressed_tensors.quantization.utils import calculate_qparams
     from llmcompressor.modifiers.gptq.gptq_quantize import quantize_weight
 
-    if h.shape != (weight.shape[1], weight.shape[1]):
-        raise ValueError(f"h must be ({weight.shape[1]}, {weight.shape[1]}), got {tuple(h.shape)}")
     args = _args(bits, group_size, act_order)
     minmax_grid(weight, bits, group_size)  # the same group_size check as the naive twin
     groups = weight.to(torch.float32).reshape(weight.shape[0], -1, group_size)  # (out, G, g)
     scale, zero = calculate_qparams(groups.amin(-1), groups.amax(-1), args)  # signed zero
-    q, _, _ = quantize_weight(
+    q, _, used_rtn_fallback = quantize_weight(
         weight.to(torch.float32)[None].clone(),  # the library works in place
         h.to(torch.float32)[None].clone(),
         scale[None],
@@ -61,6 +76,8 @@ def gptq_quantize(
         args,
         percdamp=percdamp,
     )
+    if bool(used_rtn_fallback.any()):  # llm-compressor's flag: its answer is not GPTQ's
+        raise ValueError(NOT_INVERTIBLE.format(percdamp=percdamp))
     q = q[0]  # (out, in) dequantized
     expand = torch.arange(weight.shape[1]) // group_size  # column -> group
     offset = 2 ** (bits - 1)  # compressed-tensors' codes are signed: -8..7 for 4 bits

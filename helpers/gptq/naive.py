@@ -21,6 +21,9 @@ from dataclasses import dataclass
 
 import torch
 
+from helpers.checks import bits as check_bits
+from helpers.checks import finite_tensor, positive_number, whole_number
+
 
 @dataclass
 class GPTQResult:
@@ -35,13 +38,42 @@ class GPTQResult:
 
 
 def hessian(inputs: torch.Tensor) -> torch.Tensor:
-    """``2 X^T X / n`` of calibration inputs ``(..., in)`` -> ``(in, in)`` fp32."""
+    """``2 X^T X / n`` of calibration inputs ``(..., in)`` -> ``(in, in)`` fp32.
+
+    Raises:
+        ValueError: no calibration rows (``n = 0`` would divide 0 by 0), or a NaN or inf
+            input (it would make the whole Hessian NaN).
+    """
+    check_inputs(inputs)
     x = inputs.reshape(-1, inputs.shape[-1]).to(torch.float32)  # (n, in)
     return 2 * x.T @ x / x.shape[0]
 
 
+def check_inputs(inputs: torch.Tensor, name: str = "inputs") -> torch.Tensor:
+    """Calibration inputs ``(..., in)``: finite, with at least one row of at least one feature."""
+    finite_tensor(inputs, name, allow_empty=True)
+    if inputs.ndim < 2 or inputs.numel() == 0:
+        raise ValueError(
+            f"{name} must hold calibration rows (n, in) with n >= 1, got shape "
+            f"{tuple(inputs.shape)}: run the model on some calibration text first"
+        )
+    return inputs
+
+
+def check_weight(weight: torch.Tensor, bits: int, group_size: int) -> None:
+    """A finite 2-D weight (out, in), a code width of 2 to 8 bits, groups that divide ``in``."""
+    finite_tensor(weight, "weight")
+    if weight.ndim != 2:
+        raise ValueError(f"weight must be 2-D (out, in), got shape {tuple(weight.shape)}")
+    check_bits(bits)
+    whole_number(group_size, "group_size")
+    if weight.shape[1] % group_size:
+        raise ValueError(f"group_size {group_size} must divide in_features {weight.shape[1]}")
+
+
 def minmax_grid(weight: torch.Tensor, bits: int, group_size: int):
     """Asymmetric min-max grid per row and group: ``scale, zero`` of shape (out, in // g)."""
+    check_weight(weight, bits, group_size)
     out_features, in_features = weight.shape
     if group_size <= 0 or in_features % group_size:
         raise ValueError(f"group_size {group_size} must divide in_features {in_features}")
@@ -60,11 +92,30 @@ def quantize_column(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bi
 
 
 def _inverse_cholesky(h: torch.Tensor, percdamp: float) -> torch.Tensor:
-    """Upper Cholesky factor of ``(H + damp I)^-1``."""
+    """Upper Cholesky factor of ``(H + damp I)^-1``; a ValueError if ``H + damp I`` is not
+    positive definite (llm-compressor then falls back to round-to-nearest: see library.py)."""
     h = h + percdamp * torch.diagonal(h).mean() * torch.eye(
         h.shape[0], dtype=h.dtype, device=h.device
     )
-    return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    try:
+        return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    except torch.linalg.LinAlgError:
+        raise ValueError(NOT_INVERTIBLE.format(percdamp=percdamp)) from None
+
+
+NOT_INVERTIBLE = (
+    "h, damped by percdamp={percdamp}, is not positive definite, so GPTQ cannot invert it "
+    "(llm-compressor would fall back to round-to-nearest): raise percdamp, calibrate on more "
+    "tokens, or check that h came from hessian()"
+)
+
+
+def check_hessian(h: torch.Tensor, in_features: int, percdamp: float) -> None:
+    """A finite (in, in) Hessian and a damping fraction of 0 or more."""
+    finite_tensor(h, "h")
+    if h.shape != (in_features, in_features):
+        raise ValueError(f"h must be ({in_features}, {in_features}), got {tuple(h.shape)}")
+    positive_number(percdamp, "percdamp", allow_zero=True)
 
 
 @torch.no_grad()
@@ -76,9 +127,15 @@ def gptq_quantize(
     act_order: bool = False,
     percdamp: float = 0.01,
 ) -> GPTQResult:
-    """Quantize ``weight (out, in)`` with GPTQ given the Hessian ``h (in, in)``."""
-    if h.shape != (weight.shape[1], weight.shape[1]):
-        raise ValueError(f"h must be ({weight.shape[1]}, {weight.shape[1]}), got {tuple(h.shape)}")
+    """Quantize ``weight (out, in)`` with GPTQ given the Hessian ``h (in, in)``.
+
+    Raises:
+        ValueError: a NaN or inf in ``weight`` or ``h``, ``bits`` outside 2..8, a
+            ``group_size`` that does not divide ``in``, or an ``h`` that damping does not make
+            invertible.
+    """
+    check_weight(weight, bits, group_size)
+    check_hessian(h, weight.shape[1], percdamp)
     scale, zero = minmax_grid(weight, bits, group_size)  # (out, G) each
     w, h = weight.to(torch.float32).clone(), h.to(torch.float32).clone()
     dead = torch.diagonal(h) == 0  # inputs that are always 0: their weights do not matter
@@ -108,6 +165,16 @@ def rtn_quantize(weight: torch.Tensor, bits: int = 4, group_size: int = 32) -> t
 
 def layer_rel_error(weight_q: torch.Tensor, weight: torch.Tensor, inputs: torch.Tensor) -> float:
     """``||X Wq^T - X W^T||_F / ||X W^T||_F`` on inputs ``(..., in)``."""
+    finite_tensor(weight_q, "weight_q")
+    finite_tensor(weight, "weight")
+    check_inputs(inputs)
+    if weight_q.shape != weight.shape or inputs.shape[-1] != weight.shape[-1]:
+        raise ValueError(
+            f"weight_q {tuple(weight_q.shape)}, weight {tuple(weight.shape)} and inputs "
+            f"{tuple(inputs.shape)} do not fit: weights (out, in), inputs (..., in)"
+        )
     x = inputs.reshape(-1, inputs.shape[-1]).to(torch.float32)
     ref = x @ weight.to(torch.float32).T
+    if float(ref.norm()) == 0:
+        raise ValueError("the layer's output X W^T is all zero on these inputs: no relative error")
     return float((x @ weight_q.to(torch.float32).T - ref).norm() / ref.norm())

@@ -91,7 +91,8 @@ def read_multiple_choice(path: str | Path, limit: int | None = None) -> list[dic
     Returns:
         The records, in file order.
     Raises:
-        FileNotFoundError, or ValueError naming the file, the line and the field at fault.
+        FileNotFoundError, or ValueError naming the file, the line and the field at fault (or
+        the file, when it holds no records).
     """
     _check_limit(limit)
     path = Path(path).expanduser()
@@ -101,6 +102,8 @@ def read_multiple_choice(path: str | Path, limit: int | None = None) -> list[dic
         items.append(record)
         if len(items) == limit:
             break
+    if not items:  # an accuracy over no questions is 0 / 0
+        raise ValueError(f"{path}: the file holds no records (expected question/choices/answer)")
     return items
 
 

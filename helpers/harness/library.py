@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -57,11 +58,33 @@ def task_config(task: str, path: str | Path) -> dict:
     """
     if task not in (MC_TASK, GENERATION_TASK):
         raise ValueError(f"unknown task {task!r}: use {MC_TASK!r} or {GENERATION_TASK!r}")
-    config = yaml.safe_load((TASKS_DIR / f"{task}.yaml").read_text(encoding="utf-8"))
+    source = TASKS_DIR / f"{task}.yaml"
+    config = yaml.safe_load(source.read_text(encoding="utf-8"))
     config["dataset_kwargs"]["data_files"]["test"] = str(Path(path).expanduser().resolve())
     if task == GENERATION_TASK:
         config["process_docs"] = _exchanges
+        fields = {"system", "user", "answer"}  # what _exchanges makes of each record
+    else:
+        fields = set.intersection(*(set(r) for r in read_multiple_choice(path)))
+    _check_doc_fields(config, fields, source)
     return config
+
+
+def _check_doc_fields(config: dict, fields: set[str], source: Path) -> None:
+    """Every record field a task's ``doc_to_*`` names must exist: the harness reads a name it
+    cannot find as a literal template (``doc_to_target: answr`` becomes the text "answr"), and
+    the task then scores 0.00 without a word."""
+    for key in ("doc_to_text", "doc_to_target", "doc_to_choice"):
+        value = config.get(key)
+        if not isinstance(value, str):
+            continue
+        names = re.findall(r"\{\{\s*(\w+)", value) if "{{" in value else [value]
+        for name in names:
+            if name not in fields:
+                raise ValueError(
+                    f"{source}: {key}: {value!r} names the field {name!r}, which the records "
+                    f"do not have (they have {sorted(fields)})"
+                )
 
 
 def _exchanges(dataset):

@@ -22,3 +22,15 @@ PUBLIC_NAMES = (
     "load_adapter",
     "adapter_bytes",
 )
+
+
+def check_lora_args(r: object, alpha: object, dropout: object) -> None:
+    """The settings both twins' ``LoRALinear`` and ``add_lora`` take: a rank of at least 1, a
+    finite ``alpha`` above 0 (a NaN would make every output NaN), a dropout in [0, 1)."""
+    from helpers.checks import positive_number, whole_number
+
+    whole_number(r, "r (the LoRA rank)")
+    positive_number(alpha, "alpha")
+    positive_number(dropout, "dropout", allow_zero=True)
+    if not dropout < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")

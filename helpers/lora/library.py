@@ -18,6 +18,7 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 
 from helpers.atomic import atomic_folder
+from helpers.lora import check_lora_args
 
 __all__ = [
     "LoRALinear",
@@ -50,6 +51,7 @@ def LoRALinear(  # noqa: N802 (a factory with the naive twin's class name)
     to fp32 (``autocast_adapter_dtype=True``). The same upcast is applied here, so a layer built
     alone keeps its adapter as a model built by ``add_lora`` does (and as the naive twin).
     """
+    check_lora_args(r, alpha, dropout)
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, use_rslora=use_rslora)
     layer = PeftLoraLinear(base_layer, "default", config=config, r=r, lora_alpha=alpha)
     cast_adapter_dtype(layer, "default", autocast_adapter_dtype=True)
@@ -83,6 +85,7 @@ def add_lora(
             "This model already has LoRA layers: add_lora would wrap them a second time. Add "
             "LoRA once, or call merge_and_unload(model) first to fold the adapter in."
         )
+    check_lora_args(r, alpha, dropout)
     targets = target_modules if isinstance(target_modules, str) else list(target_modules)
     config = LoraConfig(
         r=r,

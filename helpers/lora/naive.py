@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from helpers.atomic import atomic_folder
+from helpers.lora import check_lora_args
 
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"  # peft's file names (peft/utils/constants.py)
 ADAPTER_CONFIG_NAME = "adapter_config.json"
@@ -95,10 +97,7 @@ class LoRALinear(nn.Module):
     ) -> None:
         super().__init__()
         _check_wrappable(base_layer, "base_layer")
-        if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
-            raise ValueError(f"r (the LoRA rank) must be a positive integer, got {r!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        check_lora_args(r, alpha, dropout)
         self.base_layer = base_layer
         self.r, self.alpha, self.use_rslora = r, alpha, use_rslora
         self.scaling = alpha / math.sqrt(r) if use_rslora else alpha / r
@@ -150,7 +149,9 @@ class LoRALinear(nn.Module):
         (two roundings) leaves some merged weights one ulp off the correctly rounded value: 7 %
         of them for an update 8 % of W's size, 30 % for one larger than W (measured, 256 x 128).
         """
-        if not self.merged:
+        if self.merged:  # as peft: say so, change nothing
+            warnings.warn("Already merged: merge() again changes nothing.", stacklevel=2)
+        else:
             weight = self._base_weight()
             delta = self.delta_weight()  # (OUT, IN) in the adapter's dtype
             wide = torch.promote_types(weight.dtype, delta.dtype)
@@ -164,10 +165,12 @@ class LoRALinear(nn.Module):
         As peft's ``unmerge``: the update is rounded to W's dtype, then subtracted, so
         ``unmerge`` after ``merge`` gives the same weights in both twins.
         """
-        if self.merged:
-            weight = self._base_weight()
-            weight -= self.delta_weight().to(weight.dtype)
-            self.merged = False
+        if not self.merged:  # peft's words: nothing is subtracted twice
+            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
+            return
+        weight = self._base_weight()
+        weight -= self.delta_weight().to(weight.dtype)
+        self.merged = False
 
     def extra_repr(self) -> str:
         return f"r={self.r}, alpha={self.alpha}, scaling={self.scaling:g}, merged={self.merged}"
@@ -212,6 +215,7 @@ def add_lora(
         TypeError: a matched module is not an ``nn.Linear`` (an Embedding, a Conv1d, GPT-2's
             Conv1D): the model is left unchanged.
     """
+    check_lora_args(r, alpha, dropout)  # before any layer is wrapped
     if _lora_layers(model):
         raise ValueError(
             "This model already has LoRA layers: add_lora would wrap them a second time. Add "
@@ -267,7 +271,8 @@ def unmerge_lora(model: nn.Module) -> nn.Module:
 def merge_and_unload(model: nn.Module) -> nn.Module:
     """Merge, then replace each LoRALinear by its base layer: a plain model with no LoRA left."""
     for name, layer in _lora_layers(model).items():
-        layer.merge()
+        if not layer.merged:  # merged already by merge_lora: nothing to add
+            layer.merge()
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, layer.base_layer)
     if hasattr(model, "lora_config"):

@@ -31,6 +31,7 @@ from torch import nn
 
 from helpers import bnb_cpu  # noqa: F401  (before bitsandbytes: one layout on every CPU)
 from helpers.memory import GIB, MemoryBreakdown, ModelShape, RunSpec, Verdict
+from helpers.memory.naive import check_card_gib
 
 __all__ = ["training_memory", "fits", "set_checkpointing", "build_model"]
 
@@ -234,6 +235,7 @@ def fits(
     Returns:
         Verdict; ``largest_micro_batch`` is the largest power of two measured to fit.
     """
+    check_card_gib(card_gib)  # a NaN crashed in int(), a negative card "did NOT fit"
     capacity, largest, peak, size = int(card_gib * GIB), 0, None, 1
     while size <= 2 * run.micro_batch_size:
         m = training_memory(shape, run.with_(micro_batch_size=size), device)

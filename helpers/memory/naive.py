@@ -337,6 +337,13 @@ def training_memory(shape: ModelShape, run: RunSpec, device: str = "cuda") -> Me
     )
 
 
+def check_card_gib(card_gib: object) -> None:
+    """A card's memory in GiB, a finite number above 0 (both twins' ``fits`` check it)."""
+    ok = isinstance(card_gib, int | float) and not isinstance(card_gib, bool)
+    if not ok or not math.isfinite(card_gib) or not card_gib > 0:
+        raise ValueError(f"card_gib must be a positive number of GiB, got {card_gib!r}")
+
+
 def fits(shape: ModelShape, run: RunSpec, card_gib: float, device: str = "cuda") -> Verdict:
     """Does this run fit a card, and what is the largest micro-batch that does?
 
@@ -357,8 +364,7 @@ def fits(shape: ModelShape, run: RunSpec, card_gib: float, device: str = "cuda")
         Verdict(fits, peak_bytes, capacity_bytes, largest_micro_batch, message);
         ``largest_micro_batch`` is 0 when not even a micro-batch of 1 fits.
     """
-    if isinstance(card_gib, bool) or not isinstance(card_gib, int | float) or not card_gib > 0:
-        raise ValueError(f"card_gib must be a positive number, got {card_gib!r}")
+    check_card_gib(card_gib)
     capacity = int(card_gib * GIB)
     paged = run.optimizer in PAGED
 

@@ -61,3 +61,37 @@ def alone_loss_sum(model, encoded: list[dict]) -> torch.Tensor:
         labels = torch.tensor([example["labels"]])
         total = total + loss_sum(model, {"input_ids": ids, "labels": labels})
     return total
+
+
+def check_encoded(encoded: list[dict], pack_len: int) -> None:
+    """What both twins' ``pack`` accept: ``pack_len`` a whole number >= 1 and each example a
+    non-empty ``input_ids`` with ``labels`` of the same length, no longer than ``pack_len``
+    (TRL would silently cut a longer one; an empty one would leave labels one longer than the
+    inputs once its first label is set to -100)."""
+    from helpers.checks import whole_number
+
+    whole_number(pack_len, "pack_len")
+    if not encoded:
+        raise ValueError("pack: encoded holds no examples")
+    for number, example in enumerate(encoded):
+        if not isinstance(example, dict) or not {"input_ids", "labels"} <= set(example):
+            raise ValueError(f"pack: example {number} must be a dict with input_ids and labels")
+        n, n_labels = len(example["input_ids"]), len(example["labels"])
+        if n == 0:
+            raise ValueError(f"pack: example {number} has no tokens: drop it before packing")
+        if n_labels != n:
+            raise ValueError(
+                f"pack: example {number} has {n} input_ids but {n_labels} labels: one label "
+                "per token"
+            )
+        if n > pack_len:
+            raise ValueError(
+                f"pack: example {number} has {n} tokens, more than pack_len={pack_len}: "
+                "raise pack_len or truncate it first (helpers.data.encode's max_seq_len)"
+            )
+
+
+def check_rows(rows: list[dict]) -> None:
+    """What both twins' ``collate`` accept: at least one packed row, none empty."""
+    if not rows or not all(len(row["input_ids"]) for row in rows):
+        raise ValueError("collate: rows must hold at least one packed row, none empty")

@@ -15,6 +15,8 @@ import torch
 from trl.data_utils import pack_dataset
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
+from helpers.packing import check_encoded, check_rows
+
 
 def pack(encoded: list[dict], pack_len: int) -> list[dict]:
     """TRL's best-fit-decreasing packing of encoded examples into rows of at most ``pack_len``.
@@ -22,6 +24,7 @@ def pack(encoded: list[dict], pack_len: int) -> list[dict]:
     Returns:
         Rows with ``input_ids``, ``labels`` and ``seq_lengths`` (lists).
     """
+    check_encoded(encoded, pack_len)  # TRL would cut a longer example without a word
     datasets.disable_progress_bars()
     table = datasets.Dataset.from_list(
         [{k: e[k] for k in ("input_ids", "labels")} for e in encoded]
@@ -35,4 +38,5 @@ def collate(rows: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
     Returns:
         ``input_ids``, ``labels``, ``position_ids`` (1, N) and the varlen boundaries.
     """
+    check_rows(rows)
     return DataCollatorForLanguageModeling(pad_token_id=pad_token_id, padding_free=True)(rows)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from helpers.data import IGNORE_INDEX
+from helpers.packing import check_encoded, check_rows
 
 
 def pack(encoded: list[dict], pack_len: int) -> list[dict]:
@@ -18,17 +19,15 @@ def pack(encoded: list[dict], pack_len: int) -> list[dict]:
 
     Args:
         encoded: ``{"input_ids": list[int], "labels": list[int]}`` per example.
-        pack_len: the longest row, in tokens; an example longer than this is an error.
+        pack_len: the longest row, in tokens; an example longer than this, an empty one, or
+            one whose labels are not one per token is a ValueError (in both twins).
     Returns:
         Rows with ``input_ids``, ``labels``, ``position_ids`` (lists) and ``seq_lengths``.
     """
+    check_encoded(encoded, pack_len)
     rows: list[dict] = []
-    for number, example in enumerate(encoded):
+    for example in encoded:
         n = len(example["input_ids"])
-        if n > pack_len:
-            raise ValueError(
-                f"pack: example {number} has {n} tokens, more than pack_len={pack_len}"
-            )
         if not rows or sum(rows[-1]["seq_lengths"]) + n > pack_len:
             rows.append({"input_ids": [], "labels": [], "position_ids": [], "seq_lengths": []})
         row = rows[-1]
@@ -61,6 +60,7 @@ def collate(rows: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
     Returns:
         ``input_ids``, ``labels``, ``position_ids`` (B, T) and ``attention_mask`` (B, 1, T, T).
     """
+    check_rows(rows)
     length = max(len(r["input_ids"]) for r in rows)
     pad = lambda values, fill: values + [fill] * (length - len(values))  # noqa: E731
     return {

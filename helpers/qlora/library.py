@@ -22,6 +22,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, PreTrainedModel
 
 from helpers import bnb_cpu  # noqa: F401  (before bitsandbytes: one layout on every CPU)
+from helpers.checks import finite_tensor
 from helpers.lora import library as lora
 from helpers.quantization.measure import quantizable_linears
 
@@ -83,6 +84,8 @@ def quantize_model(
     model: nn.Module, compute_dtype: torch.dtype, double_quant: bool = True
 ) -> nn.Module:
     """Replace every linear layer but the output head by bitsandbytes' Linear4bit, in place."""
+    for name, linear in quantizable_linears(model).items():  # all checked before any is replaced
+        finite_tensor(linear.weight.detach(), f"{name}.weight")  # NF4 of a NaN block is NaN
     for name, linear in quantizable_linears(model).items():
         parent_name, _, child = name.rpartition(".")
         setattr(

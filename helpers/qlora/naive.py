@@ -40,6 +40,7 @@ from safetensors import safe_open
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
+from helpers.checks import finite_tensor
 from helpers.lora import naive as lora
 from helpers.quantization import naive as quant
 from helpers.quantization.measure import quantizable_linears
@@ -148,6 +149,8 @@ def quantize_model(
     Returns:
         The same model.
     """
+    for name, linear in quantizable_linears(model).items():  # all checked before any is replaced
+        finite_tensor(linear.weight.detach(), f"{name}.weight")  # NF4 of a NaN block is NaN
     for name, linear in quantizable_linears(model).items():
         _replace(model, name, Linear4bit.from_linear(linear, compute_dtype, double_quant))
     model.is_loaded_in_4bit = True  # the flag transformers sets on a 4-bit load

@@ -21,6 +21,7 @@ from peft import LoraConfig
 from transformers import PrinterCallback, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
+from helpers.data import head_text
 from helpers.sft import SFTRun, quiet_version_skew
 from helpers.sft.naive import SFTResult, order_records
 
@@ -49,8 +50,20 @@ def to_prompt_completion(tokenizer, record: dict) -> dict:
                 f"got roles {[t['role'] for t in record['messages']]}"
             )
         answer = last["content"]
+    if not isinstance(answer, str) or not answer.strip():  # as helpers.data.encode refuses it
+        raise ValueError(
+            "to_prompt_completion: the record's completion (or assistant turn) is empty: nothing "
+            "to learn but the eos token; drop the record"
+        )
     prompt = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
     return {"prompt": prompt, "completion": answer}
+
+
+def _bounded(tokenizer, example: dict, max_length: int) -> dict:
+    """The example with its prompt and completion cut to what TRL keeps: TRL tokenizes the
+    whole text, then keeps its first ``max_length`` tokens, so a long line would cost its whole
+    length; the cut texts give the same first tokens (``helpers.data.head_text``)."""
+    return {k: head_text(tokenizer, v, max_length) for k, v in example.items()}
 
 
 class _StepLog(TrainerCallback):
@@ -126,7 +139,7 @@ def make_trainer(
     """
     datasets.disable_progress_bars()  # tokenizing a few hundred records needs no bar
     as_text = lambda records: datasets.Dataset.from_list(  # noqa: E731
-        [to_prompt_completion(tokenizer, r) for r in records]
+        [_bounded(tokenizer, to_prompt_completion(tokenizer, r), run.max_seq_len) for r in records]
     )
     output_dir = changes.pop("output_dir", None) or tempfile.mkdtemp(prefix="sft-")
     if eval_dataset is not None:
