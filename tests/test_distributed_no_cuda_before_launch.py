@@ -71,6 +71,24 @@ error = None
 try:
     for cell in cells[:stop]:
         exec(compile(cell.source, "<cell>", "exec"), namespace)
+    # the first launch itself, up to the fork: it must fork (no CUDA yet) one NCCL rank per GPU
+    import torch.multiprocessing as mp
+
+    class Forked(Exception):
+        pass
+
+    def start_processes(fn, args, nprocs, join, start_method):
+        namespace["forked"] = {"method": start_method, "nprocs": nprocs, "backend": args[4]}
+        raise Forked
+
+    mp.start_processes = start_processes
+    try:
+        exec(compile(cells[stop].source, "<cell>", "exec"), namespace)
+    except Forked:
+        pass
+    # notebook_launcher forks after the first launch: its cell's imports and checks too
+    before = next(c.source for c in cells if "notebook_launcher(" in c.source).split("t0 =")[0]
+    exec(compile(before, "<cell>", "exec"), namespace)
 except BaseException as err:  # noqa: BLE001 - reported to the test
     error = f"{type(err).__name__}: {err}"
 print("RESULT " + json.dumps({
@@ -81,6 +99,7 @@ print("RESULT " + json.dumps({
     "bitsandbytes_imported": "bitsandbytes" in sys.modules,
     "profile": getattr(namespace.get("profile"), "name", None),
     "gpus": namespace.get("gpus"),
+    "forked": namespace.get("forked"),
 }))
 """
 
@@ -111,6 +130,7 @@ def test_no_cuda_before_the_launch_on_two_faked_t4s(tmp_path):
     assert result["cells_run"] >= 5  # parameters, set-up, imports, the naive twin, the job
     assert not result["cuda_initialized"] and not result["bitsandbytes_imported"]
     assert result["profile"] == "t4" and result["gpus"] == 2  # auto read the two faked T4s
+    assert result["forked"] == {"method": "fork", "nprocs": 2, "backend": "nccl"}
 
 
 def test_detect_reads_the_visible_gpus_from_nvidia_smi(tmp_path, monkeypatch):
