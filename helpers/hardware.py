@@ -27,7 +27,8 @@ class Hardware:
         device: "cuda" or "cpu".
         gpu_name: e.g. "Tesla T4"; "" without a GPU.
         capability: CUDA compute capability as (major, minor); None without a GPU.
-        total_memory_gb / free_memory_gb: GPU memory (GiB) or, on a CPU, system RAM.
+        total_memory_gb / free_memory_gb: GPU memory (GiB) as NVML reports it (``detect``), or,
+            on a CPU, system RAM.
         bf16_native: the GPU computes bf16 in hardware (not through emulation).
         arch_list: the GPU architectures this torch build ships kernels for ("sm_75", ...).
         cpu_count: logical CPUs.

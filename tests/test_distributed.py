@@ -208,3 +208,29 @@ def test_16_bit_tolerance_covers_the_reordering_spread_and_not_the_shortcut(dtyp
 def test_parity_tolerance_rejects_an_unknown_dtype():
     with pytest.raises(ValueError, match="float16"):
         parity_tolerance("int8")
+
+
+def _who(rank, world_size):
+    import torch.distributed as dist
+
+    return {"rank": rank, "world_size": dist.get_world_size()}
+
+
+def test_launch_spawns_once_cuda_is_initialised(monkeypatch):
+    """After the kernel has initialised CUDA (chapter 07's reference on the GPU), a fork could not
+    use it: launch then spawns fresh interpreters. Faked here by reporting CUDA initialised."""
+    import torch.multiprocessing as mp
+
+    from helpers.distributed import launch as launch_module
+
+    methods = []
+    real = mp.start_processes
+
+    def recording(*args, **kwargs):
+        methods.append(kwargs["start_method"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(launch_module.mp, "start_processes", recording)
+    results = launch(_who, 2, timeout_s=120, backend="gloo")
+    assert methods == ["spawn"] and results == [{"rank": r, "world_size": 2} for r in range(2)]
