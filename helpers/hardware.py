@@ -8,6 +8,7 @@ building the record by hand.
 from __future__ import annotations
 
 import os
+import subprocess
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -26,7 +27,8 @@ class Hardware:
         device: "cuda" or "cpu".
         gpu_name: e.g. "Tesla T4"; "" without a GPU.
         capability: CUDA compute capability as (major, minor); None without a GPU.
-        total_memory_gb / free_memory_gb: GPU memory (GiB) or, on a CPU, system RAM.
+        total_memory_gb / free_memory_gb: GPU memory (GiB) as NVML reports it (``detect``), or,
+            on a CPU, system RAM.
         bf16_native: the GPU computes bf16 in hardware (not through emulation).
         arch_list: the GPU architectures this torch build ships kernels for ("sm_75", ...).
         cpu_count: logical CPUs.
@@ -128,29 +130,114 @@ def _cpu_memory_gb() -> tuple[float, float]:
         return 0.0, 0.0
 
 
+NVIDIA_SMI_QUERY = "index,uuid,name,compute_cap,memory.total,memory.free"
+
+
+def gpu_count() -> int:
+    """CUDA GPUs visible to this process, counted without initialising CUDA.
+
+    ``torch.cuda.device_count()`` asks NVML (the driver's management library) first, which
+    creates no CUDA context and leaves ``fork`` usable; ``torch.cuda.is_available()`` asks the
+    CUDA runtime (``cudaGetDeviceCount``) unless ``PYTORCH_NVML_BASED_CUDA_CHECK=1``, and after
+    that a forked child cannot use CUDA ("Cannot re-initialize CUDA in forked subprocess").
+    accelerate's ``is_cuda_available`` and ``notebook_launcher`` ask the same way.
+    """
+    return torch.cuda.device_count()
+
+
+def _visible(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The rows ``CUDA_VISIBLE_DEVICES`` leaves, in its order (indices or UUID prefixes; the
+    first entry that matches nothing ends the list, as CUDA reads it)."""
+    value = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return rows
+    out = []
+    for entry in (e.strip() for e in value.split(",")):
+        match = [r for r in rows if r["index"] == entry or r["uuid"].startswith(entry or "?")]
+        if len(match) != 1 or match[0] in out:
+            break
+        out.append(match[0])
+    return out
+
+
+def nvidia_smi_gpus() -> list[dict] | None:
+    """Each visible GPU's name, compute capability and memory, read through ``nvidia-smi``
+    (NVML) so that no CUDA context is created, as accelerate's ``get_gpu_info`` reads them.
+
+    Returns:
+        ``[{"name", "capability": (major, minor), "total_gib", "free_gib"}, ...]`` in
+        ``nvidia-smi``'s order (PCI bus order; CUDA numbers identical cards the same way), or
+        None when ``nvidia-smi`` is missing or cannot answer (a driver older than 510 has no
+        ``compute_cap`` field).
+    """
+    cmd = ["nvidia-smi", f"--query-gpu={NVIDIA_SMI_QUERY}", "--format=csv,noheader,nounits"]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode:
+        return None
+    keys = NVIDIA_SMI_QUERY.split(",")
+    rows = [dict(zip(keys, (f.strip() for f in line.split(",")), strict=False))
+            for line in done.stdout.splitlines() if line.strip()]  # fmt: skip
+    try:
+        return [
+            {
+                "name": r["name"],
+                "capability": tuple(int(x) for x in r["compute_cap"].split(".")),
+                "total_gib": float(r["memory.total"]) * 2**20 / GIB,  # MiB
+                "free_gib": float(r["memory.free"]) * 2**20 / GIB,
+            }
+            for r in _visible(rows)
+        ]
+    except (KeyError, ValueError):
+        return None
+
+
+def _gpus_through_a_context(count: int) -> list[dict]:
+    """What ``nvidia_smi_gpus`` reads, asked of CUDA itself: creates a CUDA context in this
+    process (a later ``fork`` cannot use CUDA). Only where ``nvidia-smi`` cannot answer."""
+    out = []
+    for i in range(count):
+        props = torch.cuda.get_device_properties(i)
+        free, total = torch.cuda.mem_get_info(i)
+        out.append({"name": props.name, "capability": (props.major, props.minor),
+                    "total_gib": total / GIB, "free_gib": free / GIB})  # fmt: skip
+    return out
+
+
 def detect() -> Hardware:
-    """Read the real machine."""
+    """Read the real machine, without initialising CUDA in this process where ``nvidia-smi``
+    answers (chapter 07 forks this process into one per GPU after it has run).
+
+    GPU memory is NVML's: the card's whole memory (a T4: 15,360 MiB, of which CUDA lets
+    PyTorch allocate about 15,100 MiB, ``CARD_TOTAL_GIB``) and what is free before this process
+    creates its context.
+    """
     common = {
         "platform": detect_platform(),
         "cpu_count": os.cpu_count() or 1,
         "torch_version": torch.__version__.split("+")[0],
     }
-    if not torch.cuda.is_available():
+    count = gpu_count()
+    if count == 0:
         total, free = _cpu_memory_gb()
         return Hardware(device="cpu", total_memory_gb=total, free_memory_gb=free, **common)
-    props = torch.cuda.get_device_properties(0)
-    free_bytes, total_bytes = torch.cuda.mem_get_info(0)
+    gpus = nvidia_smi_gpus() or _gpus_through_a_context(count)
+    gpus = gpus[:count]
+    first = gpus[0]
     return Hardware(
         device="cuda",
-        gpu_name=props.name,
-        capability=(props.major, props.minor),
-        total_memory_gb=total_bytes / GIB,
-        free_memory_gb=free_bytes / GIB,
-        # A T4 reports bf16 as supported through emulation; only native support counts here.
-        bf16_native=torch.cuda.is_bf16_supported(including_emulation=False),
-        arch_list=tuple(torch.cuda.get_arch_list()),
-        gpu_count=torch.cuda.device_count(),
-        gpu_names=tuple(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())),
+        gpu_name=first["name"],
+        capability=first["capability"],
+        total_memory_gb=first["total_gib"],
+        free_memory_gb=first["free_gib"],
+        # native bf16 from Ampere (8.0) on, as is_bf16_supported(including_emulation=False)
+        # decides; a T4 (7.5) only emulates it
+        bf16_native=first["capability"] >= (8, 0),
+        arch_list=tuple(torch.cuda.get_arch_list()),  # compiled-in: no CUDA call
+        gpu_count=len(gpus),
+        gpu_names=tuple(g["name"] for g in gpus),
         **common,
     )
 

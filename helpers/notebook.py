@@ -234,12 +234,11 @@ def install_missing(root: Path) -> None:
 
 def check_gpu(p100_fix: bool) -> None:
     """Say when torch has no kernels for the GPU; with ``p100_fix``, install the cu126 build."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return
-    from helpers.hardware import detect
+    from helpers.hardware import detect, gpu_count
     from helpers.profiles import missing_kernels_advice
+
+    if not gpu_count():  # NVML: no CUDA context, so chapter 07 can still fork one per GPU
+        return
 
     hw = detect()
     if hw.torch_supports_gpu:

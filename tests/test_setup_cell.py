@@ -147,6 +147,7 @@ def _fake_p100(monkeypatch, calls, returncode=0):
     from helpers import hardware, notebook
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # check_gpu counts through NVML
     monkeypatch.setattr(hardware, "detect", lambda: hardware.Hardware(**P100))
 
     def fake_run(cmd, **kwargs):

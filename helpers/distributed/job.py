@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 __all__ = ["Job", "build_model", "state_bytes", "rel_diff", "trainable_state", "to_device"]
+__all__ += ["Tolerance", "parity_tolerance", "allocated_bytes", "storage_bytes"]
 
 
 @dataclass
@@ -99,6 +100,44 @@ def state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None = None
     }
 
 
+def storage_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict:
+    """As ``state_bytes``, but the bytes of the storages behind the tensors (each storage once):
+    what the allocator handed out, padding and shared buffers included (FSDP2 pads a shard so
+    that every rank's is the same size)."""
+    seen: set[int] = set()
+
+    def held(tensors) -> int:
+        total = 0
+        for t in tensors:
+            storage = _local(t).untyped_storage()
+            if storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                total += storage.nbytes()
+        return total
+
+    params = list(model.parameters())
+    state = optimizer.state.values() if optimizer is not None else []
+    return {
+        "weights": held(params),
+        "gradients": held(p.grad for p in params if p.grad is not None),
+        "optimizer": held(v for s in state for v in s.values() if isinstance(v, torch.Tensor)),
+    }
+
+
+def allocated_bytes(device) -> dict[str, int] | None:
+    """What CUDA's caching allocator has handed to this process's tensors, now and at its peak
+    (``torch.cuda.memory_allocated``, ``max_memory_allocated``): memory measured, where
+    ``state_bytes`` only counts tensor sizes. None on a CPU, whose allocator keeps no such count.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    return {
+        "now": torch.cuda.memory_allocated(device),
+        "peak": torch.cuda.max_memory_allocated(device),
+    }
+
+
 def trainable_state(model: nn.Module, grads: bool = False) -> dict[str, torch.Tensor]:
     """Copies of the trainable parameters (or their gradients), full tensors, on the CPU."""
     out = {}
@@ -117,6 +156,57 @@ def rel_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     num = sum((a[k].float().cpu() - b[k].float().cpu()).pow(2).sum() for k in b)
     den = sum(b[k].float().cpu().pow(2).sum() for k in b)
     return float((num / den).sqrt())
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How far a data-parallel run may differ from one process, relative (``rel_diff``).
+
+    Attributes:
+        dtype: the compute dtype it holds for.
+        grads: DDP's (or FSDP2's) gradient against the one-process full batch.
+        steps: the weights after the training steps against one process taking them.
+        why: the measured spread it rests on.
+    """
+
+    dtype: str
+    grads: float
+    steps: float
+    why: str
+
+
+# Measured on the CI machine's CPU (2-core EPYC, torch 2.13), tiny model, chapter 07's job
+# (2 ranks, GRAD_ACCUM_STEPS=2, 3 AdamW steps), seeds 0, 1, 2, base weights in the dtype:
+#   float32:  gradients 4.2e-7 to 4.6e-7, weights after 3 steps 6.8e-7 to 9.5e-7
+#   float16:  gradients 4.2e-7 to 4.4e-7, weights after 3 steps 3.3e-4 to 1.4e-3
+#   bfloat16: gradients 4.5e-7 to 4.6e-7, weights after 3 steps 4.9e-5 to 5.6e-4
+# The 16-bit gradients match as closely as fp32 on a CPU because its fp16/bf16 matmuls add in
+# fp32 and the adapters' gradients are fp32; a GPU's fp16 matmuls may round partial sums to
+# 16 bits (torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction), which no CPU
+# run measures, so the 16-bit gradient tolerance is twice the format's unit roundoff (2^-11,
+# 2^-8). Each tolerance stays far below what the wrong normalisation costs (0.36).
+TOLERANCES = {
+    "float32": Tolerance("float32", 1e-6, 1e-5, "fp32: gradients measured within 4.6e-7 of "
+                         "the full batch on the CPU, weights after 3 steps within 9.5e-7"),
+    "float16": Tolerance("float16", 1e-3, 2e-2, "fp16: 2 x its unit roundoff 2^-11 for the "
+                         "gradients (a GPU may add partial sums in fp16; the CPU measured 4.4e-7);"
+                         " weights after 3 steps measured within 1.4e-3 on the CPU"),
+    "bfloat16": Tolerance("bfloat16", 1e-2, 1e-2, "bf16: 2 x its unit roundoff 2^-8 for the "
+                          "gradients (the CPU measured 4.6e-7); weights after 3 steps measured "
+                          "within 5.6e-4 on the CPU"),
+}  # fmt: skip
+
+
+def parity_tolerance(compute_dtype: str) -> Tolerance:
+    """The tolerance for a run computing in ``compute_dtype`` ("float32", "float16",
+    "bfloat16").
+
+    Raises:
+        ValueError: another dtype (the message lists these).
+    """
+    if compute_dtype not in TOLERANCES:
+        raise ValueError(f"no parity tolerance for {compute_dtype!r}: one of {list(TOLERANCES)}")
+    return TOLERANCES[compute_dtype]
 
 
 def whole_sequence(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

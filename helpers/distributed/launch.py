@@ -40,9 +40,10 @@ def free_port() -> int:
 
 def default_backend(world_size: int) -> str:
     """NCCL when there is one GPU per process, gloo otherwise (a CPU)."""
-    return (
-        "nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= world_size else "gloo"
-    )
+    from helpers.hardware import gpu_count
+
+    gpus = gpu_count()  # NVML: asks without initialising CUDA, so the ranks can still be forked
+    return "nccl" if gpus and gpus >= world_size else "gloo"
 
 
 def _set_env(rank: int, world_size: int, port: int) -> None:
@@ -100,7 +101,9 @@ def launch(
     if timeout_s <= 0:
         raise ValueError(f"timeout_s must be positive, got {timeout_s!r}")
     backend = backend or default_backend(world_size)
-    method = "spawn" if torch.cuda.is_available() and torch.cuda.is_initialized() else "fork"
+    # is_initialized() reads a flag; is_available() would ask the CUDA runtime and so forbid
+    # the fork it is deciding on
+    method = "spawn" if torch.cuda.is_initialized() else "fork"
     with tempfile.TemporaryDirectory(prefix="course-ranks-") as out_dir:
         worker_args = (fn, world_size, args, free_port(), backend, init_group, timeout_s, out_dir)
         context = mp.start_processes(

@@ -34,7 +34,15 @@ import torch.distributed as dist
 from torch import nn
 
 from helpers.accumulation.naive import count_targets, token_loss_sum
-from helpers.distributed.job import Job, build_model, state_bytes, to_device, trainable_state
+from helpers.distributed.job import (
+    Job,
+    allocated_bytes,
+    build_model,
+    state_bytes,
+    storage_bytes,
+    to_device,
+    trainable_state,
+)
 from helpers.distributed.naive import NORMALISATIONS, broadcast_parameters, shard
 
 __all__ = ["broadcast_parameters", "shard", "ddp_gradients", "train", "worker"]
@@ -145,6 +153,8 @@ def _run(job: Job) -> dict:
     result["losses"] = train(model, windows, optimizer=optimizer)
     result["params"] = trainable_state(model.module)
     result["bytes"] = state_bytes(model.module, optimizer.optimizer)
+    result["storage_bytes"] = storage_bytes(model.module, optimizer.optimizer)
+    result["allocated"] = allocated_bytes(accelerator.device)  # None on a CPU
     result["zero1_optimizer_bytes"] = zero1_optimizer_bytes(model.module, job.lr)
     del model, optimizer  # DDP's reducer must go while the process group still exists
     dist.barrier()
@@ -197,5 +207,7 @@ def fsdp_worker(rank: int, world_size: int, job: Job) -> dict:
         "rank": rank,
         "world_size": dist.get_world_size(),
         "bytes": state_bytes(model, optimizer),
+        "storage_bytes": storage_bytes(model, optimizer),
+        "allocated": allocated_bytes(device),  # measured by CUDA's allocator; None on a CPU
         "grads": grads,
     }

@@ -31,7 +31,15 @@ from torch import nn
 
 from helpers.accumulation.naive import count_targets, token_loss_sum
 from helpers.checks import whole_number
-from helpers.distributed.job import Job, build_model, state_bytes, to_device, trainable_state
+from helpers.distributed.job import (
+    Job,
+    allocated_bytes,
+    build_model,
+    state_bytes,
+    storage_bytes,
+    to_device,
+    trainable_state,
+)
 
 NORMALISATIONS = ("global", "local")
 
@@ -145,4 +153,6 @@ def worker(rank: int, world_size: int, job: Job) -> dict:
     result["losses"] = train(model, windows, optimizer=optimizer)
     result["params"] = trainable_state(model)
     result["bytes"] = state_bytes(model, optimizer)  # after a step: every state exists
+    result["storage_bytes"] = storage_bytes(model, optimizer)
+    result["allocated"] = allocated_bytes(device)  # measured by CUDA's allocator; None on a CPU
     return result
