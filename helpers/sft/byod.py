@@ -14,6 +14,7 @@ from collections import Counter
 import torch
 from tqdm.auto import tqdm
 
+from helpers.evaluation.stats import wilson_interval
 from helpers.task import parse_answer
 
 
@@ -76,40 +77,57 @@ def _fields(answers: list[str]) -> list[dict] | None:
     return parsed
 
 
-def score(predictions: list[str], references: list[str]) -> dict[str, float]:
-    """Exact match, and per-field accuracy when the references are JSON objects.
+def outcomes(predictions: list[str], references: list[str]) -> dict[str, list[bool]]:
+    """Per record, whether each metric was right: the counts behind ``score``.
 
     Exact match compares the stripped texts, or, for JSON references, every field's value (so
     that ``{"a": 1}`` and ``{"a":1}`` agree).
 
     Returns:
-        ``exact_match`` and, for JSON references, ``valid_rate`` and ``<field>_accuracy``
-        (fractions in [0, 1]).
+        ``exact_match`` and, for JSON references, ``valid_rate`` and ``<field>_accuracy``: one
+        bool per record each.
+    Raises:
+        ValueError: not the same non-zero number of predictions and references.
     """
     if len(predictions) != len(references) or not references:
         raise ValueError(
             f"score: {len(predictions)} predictions for {len(references)} references "
             "(need the same non-zero number)"
         )
-    n = len(references)
-    result = {
-        "exact_match": sum(
-            p.strip() == r.strip() for p, r in zip(predictions, references, strict=True)
-        )
-        / n
-    }
+    pairs = list(zip(predictions, references, strict=True))
+    result = {"exact_match": [p.strip() == r.strip() for p, r in pairs]}
     gold = _fields(references)
     if gold is not None:
         pred = [parse_answer(p) or {} for p in predictions]
         keys = list(dict.fromkeys(k for g in gold for k in g))
-        result["valid_rate"] = sum(all(k in p for k in keys) for p in pred) / n
-        exact = [all(p.get(k) == g.get(k) for k in keys) for p, g in zip(pred, gold, strict=True)]
-        result["exact_match"] = sum(exact) / n
+        both = list(zip(pred, gold, strict=True))
+        result["valid_rate"] = [all(k in p for k in keys) for p in pred]
+        result["exact_match"] = [all(p.get(k) == g.get(k) for k in keys) for p, g in both]
         for key in keys:
-            result[f"{key}_accuracy"] = (
-                sum(p.get(key) == g.get(key) for p, g in zip(pred, gold, strict=True)) / n
-            )
+            result[f"{key}_accuracy"] = [p.get(key) == g.get(key) for p, g in both]
     return result
+
+
+def score(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """Exact match, and per-field accuracy when the references are JSON objects.
+
+    Returns:
+        The rates of ``outcomes`` (fractions in [0, 1]), under the same names.
+    """
+    return {name: sum(hits) / len(hits) for name, hits in outcomes(predictions, references).items()}
+
+
+def against(hits: list[bool], rate: float, confidence: float = 0.95) -> dict:
+    """A verdict on a measured rate against a fixed one (a majority rate, chance), with the
+    Wilson interval (chapter 05's ``helpers.evaluation.stats``) of the measured rate.
+
+    Returns:
+        ``rate``, ``low``, ``high`` and ``verdict``: "above" when the whole interval is above
+        ``rate``, "below" when it is below, else "not distinguishable" (the interval holds it).
+    """
+    low, high = wilson_interval(sum(hits), len(hits), confidence)
+    verdict = "above" if low > rate else "below" if high < rate else "not distinguishable from"
+    return {"rate": sum(hits) / len(hits), "low": low, "high": high, "verdict": verdict}
 
 
 def majority_answers(train_records, eval_size: int) -> list[str]:
