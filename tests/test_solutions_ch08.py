@@ -123,7 +123,11 @@ def test_wrong_settings_fail(change):
 )
 def test_settings_that_change_training_fail(extra):
     with pytest.raises(ExerciseFailed):
-        check("settings", solutions.TRL_MATCHING_SETTINGS | extra, checkers.check_trl_matching_settings)
+        check(
+            "settings",
+            solutions.TRL_MATCHING_SETTINGS | extra,
+            checkers.check_trl_matching_settings,
+        )
 
 
 def test_explicit_defaults_beside_the_four_pass():
