@@ -6,7 +6,8 @@ trainer wrap the model with ``get_peft_model``. A prompt/completion dataset gets
 to -100 on the prompt (``completion_only_loss=True``, also TRL's default for that format).
 
 Defaults that differ from the course's loop and are set here: ``bf16=True`` (35x slower on a
-CPU and not what the loop computes), ``gradient_checkpointing=True``, a linear learning-rate
+CPU and not what the loop computes; a GPU profile's fp16 or bf16 follows ``run.mixed_precision``),
+``gradient_checkpointing=True`` (follows ``run.gradient_checkpointing``), a linear learning-rate
 decay (the loop keeps ``lr`` constant), ``weight_decay=0.0`` (the loop's torch AdamW uses 0.01)
 and TRL's own shuffle (the records come in the loop's order, ``train_sampling_strategy``).
 """
