@@ -35,7 +35,6 @@ def block_causal_mask(seq_lengths: list[int], length: int) -> torch.Tensor:
 TRL_MATCHING_SETTINGS = {
     "lr_scheduler_type": "constant",  # SFTConfig decays linearly by default
     "weight_decay": 0.01,  # torch AdamW's default; TrainingArguments' is 0.0
-    "completion_only_loss": True,  # explicit (the default for prompt/completion data)
     "bf16": False,  # SFTConfig turns bf16 on by default
     "train_sampling_strategy": "sequential",  # the records come in the loop's shuffled order
 }

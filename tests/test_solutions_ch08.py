@@ -50,16 +50,43 @@ def _padding_joins_last_example(lengths, length):
     return (segment[:, None] == segment[None, :]) & torch.ones(length, length).bool().tril()
 
 
+def _padding_sees_nothing(lengths, length):
+    mask = solutions.block_causal_mask(lengths, length)
+    mask[sum(lengths) :] = False
+    return mask
+
+
+def _real_tokens_see_padding(lengths, length):
+    mask = solutions.block_causal_mask(lengths, length)
+    mask[: sum(lengths), sum(lengths) :] = True
+    return mask
+
+
+def _first_example_leaks(lengths, length):
+    mask = solutions.block_causal_mask(lengths, length)
+    if len(lengths) > 1:  # the second example's first token sees the first example
+        mask[lengths[0], : lengths[0]] = True
+    return mask
+
+
 @pytest.mark.parametrize("wrong", [_trains_on_prompt, _forgets_eos, _eos_not_learned])
 def test_wrong_labels_fail(wrong):
     with pytest.raises(ExerciseFailed):
         check("labels", wrong, checkers.check_completion_labels)
 
 
-@pytest.mark.parametrize("wrong", [_plain_causal, _not_causal, _padding_joins_last_example])
+@pytest.mark.parametrize(
+    "wrong", [_plain_causal, _not_causal, _real_tokens_see_padding, _first_example_leaks]
+)
 def test_wrong_masks_fail(wrong):
     with pytest.raises(ExerciseFailed):
         check("mask", wrong, checkers.check_block_causal_mask)
+
+
+@pytest.mark.parametrize("convention", [_padding_joins_last_example, _padding_sees_nothing])
+def test_every_padding_convention_passes(convention):
+    """The exercise leaves the padding rows free (its text says so): each convention passes."""
+    assert check("mask", convention, checkers.check_block_causal_mask)
 
 
 @pytest.mark.parametrize(
@@ -82,3 +109,28 @@ def test_wrong_settings_fail(change):
     missing.pop(next(iter(change)))
     with pytest.raises(ExerciseFailed):
         check("settings", missing, checkers.check_trl_matching_settings)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"packing": True, "learning_rate": 1.0},  # issue 27's named wrong answer
+        {"packing": True},
+        {"learning_rate": 1.0},
+        {"completion_only_loss": False},
+        {"warmup_steps": 10},
+    ],
+)
+def test_settings_that_change_training_fail(extra):
+    with pytest.raises(ExerciseFailed):
+        check(
+            "settings",
+            solutions.TRL_MATCHING_SETTINGS | extra,
+            checkers.check_trl_matching_settings,
+        )
+
+
+def test_explicit_defaults_beside_the_four_pass():
+    answer = solutions.TRL_MATCHING_SETTINGS | {"completion_only_loss": True, "packing": False}
+    assert check("settings", answer, checkers.check_trl_matching_settings)
+    assert len(solutions.TRL_MATCHING_SETTINGS) == 4  # the exercise's text says four

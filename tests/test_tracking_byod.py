@@ -59,3 +59,92 @@ def test_majority_baseline_and_split():
     chat = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
     assert byod.split_record(chat) == ([{"role": "user", "content": "q"}], "a")
     assert byod.majority_answers([chat, chat], 1) == ["a"]
+
+
+class _FakeWandb:
+    """A stand-in for ``wandb`` with the signatures of its documented API (docs.wandb.ai,
+    ``wandb.init`` and ``Run.log``/``Run.finish``): a call the real module would reject
+    raises TypeError here too. Records every call."""
+
+    def __init__(self):
+        self.calls = []
+        fake = self
+
+        class Run:
+            def log(self, data, step=None, commit=None):
+                fake.calls.append(("log", data, step))
+
+            def finish(self, exit_code=None, quiet=None):
+                fake.calls.append(("finish",))
+
+        self._run = Run
+
+    def init(self, entity=None, project=None, dir=None, id=None, name=None, notes=None,
+             tags=None, config=None, group=None, job_type=None, mode=None, settings=None):  # fmt: skip
+        self.calls.append(("init", project, name, config))
+        return self._run()
+
+
+def test_the_wandb_backend_makes_only_the_shared_calls(monkeypatch):
+    """The chapter's claim: the calls that log a run are wandb's. The wandb path itself is not
+    run here (it needs an account and the network)."""
+    from helpers import tracking
+
+    fake = _FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    t = tracking.Tracker("course-08", "run", {"lr": 0.1}, backend="wandb")
+    t.log({"train/loss": 0.5}, 3)
+    t.finish()
+    assert fake.calls == [
+        ("init", "course-08", "run", {"lr": 0.1}),
+        ("log", {"train/loss": 0.5}, 3),
+        ("finish",),
+    ]
+    assert tracking.BACKEND_OPTIONS["wandb"] == {}
+    with pytest.raises(ValueError, match="wandb.Api"):
+        t.history()
+
+
+def test_trackio_gets_the_same_calls_plus_its_options(monkeypatch, tmp_path):
+    """trackio's init receives the shared keywords and only the options listed as its own."""
+    import trackio
+
+    from helpers import tracking
+
+    monkeypatch.setenv("TRACKIO_DIR", str(tmp_path))
+    seen = {}
+    real_init = trackio.init
+
+    def spy(**kwargs):
+        seen.update(kwargs)
+        return real_init(**kwargs)
+
+    monkeypatch.setattr(trackio, "init", spy)
+    monkeypatch.setattr(tracking.Tracker, "_delete_existing", lambda self: None)
+    t = tracking.Tracker("course-test", "spy", {"lr": 0.1})
+    t.finish()
+    shared = {"project": "course-test", "name": "spy", "config": {"lr": 0.1}}
+    assert seen == shared | tracking.BACKEND_OPTIONS["trackio"]
+    assert trackio.context_vars.current_run.get() is None  # finished as trackio.finish() does
+
+
+def test_unknown_backend_is_named():
+    from helpers.tracking import Tracker
+
+    with pytest.raises(ValueError, match="backend='mlflow'"):
+        Tracker("p", "r", backend="mlflow")
+
+
+def test_verdicts_carry_wilson_intervals():
+    from helpers.evaluation.stats import wilson_interval
+
+    hits = [True] * 17 + [False] * 33  # 0.34 of 50
+    chance = byod.against(hits, 0.3413)
+    assert chance["verdict"] == "not distinguishable from"
+    assert (chance["low"], chance["high"]) == wilson_interval(17, 50)
+    assert byod.against([True] * 44 + [False] * 6, 0.2)["verdict"] == "above"
+    assert byod.against([True] * 2 + [False] * 48, 0.34)["verdict"] == "below"
+    refs = ['{"a": "x"}', '{"a": "y"}']
+    assert byod.outcomes(['{"a": "x"}', "no"], refs) == {
+        "exact_match": [True, False], "valid_rate": [True, False], "a_accuracy": [True, False]
+    }  # fmt: skip

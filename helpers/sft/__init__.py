@@ -17,7 +17,9 @@ class SFTRun:
     """One LoRA fine-tuning run, in the course's glossary names.
 
     The optimizer is torch's AdamW (betas 0.9/0.999, eps 1e-8, weight decay 0.01, its defaults)
-    at a constant ``lr``; ``max_grad_norm`` clips the global gradient norm.
+    at a constant ``lr``; ``max_grad_norm`` clips the global gradient norm. ``mixed_precision``
+    ("fp16": autocast and loss scaling, a T4; "bf16"; None: the weights' own dtype) and
+    ``gradient_checkpointing`` follow the profile on a GPU.
     """
 
     max_steps: int
@@ -30,6 +32,8 @@ class SFTRun:
     target_modules: tuple[str, ...]
     max_grad_norm: float = 1.0
     seed: int = 0
+    mixed_precision: str | None = None
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "micro_batch_size", "grad_accum_steps", "max_seq_len", "r"):
@@ -39,6 +43,10 @@ class SFTRun:
         for name in ("lr", "alpha", "max_grad_norm"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"SFTRun: {name}={getattr(self, name)!r} must be above 0")
+        if self.mixed_precision not in (None, "fp16", "bf16"):
+            raise ValueError(
+                f"SFTRun: mixed_precision={self.mixed_precision!r} must be None, 'fp16' or 'bf16'"
+            )
 
     @classmethod
     def from_profile(cls, profile: Profile, **overrides) -> SFTRun:
@@ -52,6 +60,8 @@ class SFTRun:
             r=profile.lora_r,
             alpha=profile.lora_alpha,
             target_modules=tuple(profile.target_modules),
+            mixed_precision={"float16": "fp16", "bfloat16": "bf16"}.get(profile.compute_dtype),
+            gradient_checkpointing=profile.gradient_checkpointing,
         )
         unknown = set(overrides) - set(fields) - {"max_grad_norm", "seed"}
         if unknown:

@@ -6,7 +6,8 @@ trainer wrap the model with ``get_peft_model``. A prompt/completion dataset gets
 to -100 on the prompt (``completion_only_loss=True``, also TRL's default for that format).
 
 Defaults that differ from the course's loop and are set here: ``bf16=True`` (35x slower on a
-CPU and not what the loop computes), ``gradient_checkpointing=True``, a linear learning-rate
+CPU and not what the loop computes; a GPU profile's fp16 or bf16 follows ``run.mixed_precision``),
+``gradient_checkpointing=True`` (follows ``run.gradient_checkpointing``), a linear learning-rate
 decay (the loop keeps ``lr`` constant), ``weight_decay=0.0`` (the loop's torch AdamW uses 0.01)
 and TRL's own shuffle (the records come in the loop's order, ``train_sampling_strategy``).
 """
@@ -102,8 +103,9 @@ def sft_config(run: SFTRun, output_dir: str, **changes) -> SFTConfig:
         max_length=run.max_seq_len,
         completion_only_loss=True,
         train_sampling_strategy="sequential",  # the records come already in the loop's order
-        bf16=False,
-        gradient_checkpointing=False,
+        fp16=run.mixed_precision == "fp16",  # autocast + loss scaling, as the loop's
+        bf16=run.mixed_precision == "bf16",
+        gradient_checkpointing=run.gradient_checkpointing,
         use_cpu=not torch.cuda.is_available(),
         logging_steps=1,
         save_strategy="no",
@@ -156,6 +158,12 @@ def make_trainer(
             processing_class=tokenizer,
             peft_config=lora_config(run),
         )
+    if getattr(model, "is_loaded_in_4bit", False):
+        # TRL 1.16 casts a QLoRA adapter to bf16 (sft_trainer.py, "the PEFT adapter weights are
+        # converted to bf16"); the course's loop trains it in fp32, and a T4 has no native bf16.
+        for param in trainer.model.parameters():
+            if param.requires_grad:
+                param.data = param.data.float()
     trainer.remove_callback(PrinterCallback)  # the logs go to step_log (and the tracker)
     trainer.step_log = _StepLog(tracker)
     trainer.add_callback(trainer.step_log)

@@ -65,6 +65,9 @@ def sft_train(
     torch.manual_seed(run.seed)  # the adapter's initial A matrices come from this generator
     with quiet_version_skew():
         peft_model = add_lora(model, run.r, run.alpha, run.target_modules)
+        if run.gradient_checkpointing:  # as SFTConfig(gradient_checkpointing=True) does
+            peft_model.gradient_checkpointing_enable({"use_reentrant": False})
+            peft_model.enable_input_require_grads()
     history: dict[str, list] = {}
     losses = train(
         peft_model,
@@ -78,6 +81,7 @@ def sft_train(
         seed=run.seed,
         progress=progress,
         max_grad_norm=run.max_grad_norm,
+        mixed_precision=run.mixed_precision,
         history=history,
     )
     lrs = [run.lr] * len(losses)
