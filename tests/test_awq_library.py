@@ -159,6 +159,32 @@ def test_awq_model_folding_keeps_the_function(tiny):
     assert gap < 1e-3, gap
 
 
+def test_awq_model_folds_into_v_and_its_bias_without_gqa():
+    """A Qwen2 without grouped-query attention: v's outputs are o's inputs, so o gets its own
+    scale folded into v's rows and bias (Qwen2's v has one); at 16 bits the function stays."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(1)
+    config = Qwen2Config(
+        vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
+    )  # fmt: skip
+    model = Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.v_proj.bias.normal_(0, 0.5)
+    assert [g[0].split(".")[-1] for g in naive.smoothing_groups(model, 0)] == [
+        "input_layernorm", "v_proj", "post_attention_layernorm", "up_proj",
+    ]  # fmt: skip
+    batches = [torch.randint(0, 64, (int(n),)).tolist() for n in torch.randint(8, 24, (8,))]
+    folded = naive.awq_model(model, None, batches, bits=16)
+    bias = "model.layers.0.self_attn.v_proj.bias"
+    assert not torch.allclose(folded.state_dict()[bias], model.state_dict()[bias])  # scaled
+    ids = torch.tensor([batches[0]])
+    with torch.no_grad():
+        assert (folded(ids).logits - model(ids).logits).abs().max() < 1e-3
+
+
 def test_same_public_names_except_the_per_layer_search():
     expected = set(naive.__all__) - {"awq_quantize", "smoothing_groups"} | {"scale_tolerance"}
     assert set(library.__all__) == expected
