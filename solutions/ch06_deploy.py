@@ -12,10 +12,12 @@ __all__ = ["bits_per_weight", "gptq_step", "q8_0_block", "quantize_column"]
 
 def q8_0_block(x: torch.Tensor) -> tuple[float, torch.Tensor]:
     """One Q8_0 block: ``(d as stored in fp16, 32 int8 codes)``."""
-    d = x.abs().max() / 127
+    d = x.abs().max() / 127  # fp32: the codes use it; only the stored d is rounded to fp16
     inv = 1 / d if d != 0 else torch.zeros(())
-    v = x * inv
-    q = v.sign() * (v.abs() + 0.5).floor()  # halves away from zero (C's roundf)
+    v = (x * inv).abs()
+    # halves away from zero, as C's roundf; floor(v + 0.5) would round v = 0.49999997 up
+    # (v + 0.5 is 1.0 in fp32), so add floor(2 * fraction) instead
+    q = (x * inv).sign() * (v.floor() + (2 * (v - v.floor())).floor())
     return float(d.to(torch.float16)), q.to(torch.int8)
 
 

@@ -1,6 +1,8 @@
 """AWQ by hand against llm-compressor's AWQ (``oneshot`` with an ``AWQModifier`` and a 4-bit
 ``QuantizationModifier``), on one layer of a tiny random Llama and the same calibration ids:
-the same grid point, the same scales, the same 4-bit weights, the same layer error."""
+the same grid point, the same scales, the same 4-bit weights, the same layer error; and on the
+whole model, where both share one scale per norm (deployable): the same smoothed norms and
+4-bit weights in the first decoder layer, the one both calibrate on the same activations."""
 
 import pytest
 import torch
@@ -102,6 +104,87 @@ def test_awq_layer_bad_input(tiny, module):
             module.awq_layer(model, tokenizer, batches, LAYER, "model.layers.1.mlp.nope")
 
 
+def _layer_weights(model, index):
+    prefix = f"model.layers.{index}."
+    return {k: v for k, v in model.state_dict().items() if k.startswith(prefix)}
+
+
+def test_awq_model_matches_llmcompressor_on_the_first_layer(tiny):
+    model, tokenizer, batches = tiny
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    mine = naive.awq_model(model, tokenizer, batches)
+    ref = library.awq_model(model, tokenizer, batches)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # a copy
+    ours, theirs = _layer_weights(mine, 0), _layer_weights(ref, 0)
+    for name in ("input_layernorm.weight", "post_attention_layernorm.weight"):
+        key = "model.layers.0." + name  # the scales each norm absorbed: the same grid point
+        torch.testing.assert_close(ours[key], theirs[key], rtol=1e-5, atol=0)
+    for key in ours:
+        close = torch.isclose(ours[key], theirs[key], rtol=1e-5, atol=1e-7).float().mean().item()
+        assert close > 0.999, (key, close)
+    torch.testing.assert_close(mine.lm_head.weight, model.lm_head.weight)
+
+
+def _norm_scale(model, quantized, index, norm):
+    prefix = f"model.layers.{index}."
+    return model.get_submodule(prefix + norm).weight / quantized.get_submodule(prefix + norm).weight
+
+
+def test_awq_model_is_deployable_one_scale_per_norm(tiny):
+    """q, k and v are plain rounding of W s with the one s their shared norm absorbed (gate
+    likewise): no per-layer scale is left that the model could not hold."""
+    model, tokenizer, batches = tiny
+    mine = naive.awq_model(model, tokenizer, batches)
+    for index in range(model.config.num_hidden_layers):
+        for norm, names in (
+            ("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+            ("post_attention_layernorm", ("mlp.gate_proj",)),
+        ):
+            s = _norm_scale(model, mine, index, norm)
+            assert not torch.allclose(s, torch.ones_like(s))  # AWQ did scale
+            for name in names:
+                w = model.get_submodule(f"model.layers.{index}.{name}").weight
+                got = mine.get_submodule(f"model.layers.{index}.{name}").weight
+                torch.testing.assert_close(got, naive.rtn_quantize(w * s), rtol=1e-5, atol=1e-6)
+
+
+def test_awq_model_folding_keeps_the_function(tiny):
+    """At 16 bits the rounding is nearly lossless, so what is left is the folding: the model
+    computes what it computed (a scale not folded, or folded twice, moves logits by O(1))."""
+    model, tokenizer, batches = tiny
+    folded = naive.awq_model(model, tokenizer, batches, bits=16)
+    ids = torch.tensor([batches[0]])
+    with torch.no_grad():
+        gap = (folded(ids).logits - model(ids).logits).abs().max().item()
+    assert gap < 1e-3, gap
+
+
+def test_awq_model_folds_into_v_and_its_bias_without_gqa():
+    """A Qwen2 without grouped-query attention: v's outputs are o's inputs, so o gets its own
+    scale folded into v's rows and bias (Qwen2's v has one); at 16 bits the function stays."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(1)
+    config = Qwen2Config(
+        vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
+    )  # fmt: skip
+    model = Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.v_proj.bias.normal_(0, 0.5)
+    assert [g[0].split(".")[-1] for g in naive.smoothing_groups(model, 0)] == [
+        "input_layernorm", "v_proj", "post_attention_layernorm", "up_proj",
+    ]  # fmt: skip
+    batches = [torch.randint(0, 64, (int(n),)).tolist() for n in torch.randint(8, 24, (8,))]
+    folded = naive.awq_model(model, None, batches, bits=16)
+    bias = "model.layers.0.self_attn.v_proj.bias"
+    assert not torch.allclose(folded.state_dict()[bias], model.state_dict()[bias])  # scaled
+    ids = torch.tensor([batches[0]])
+    with torch.no_grad():
+        assert (folded(ids).logits - model(ids).logits).abs().max() < 1e-3
+
+
 def test_same_public_names_except_the_per_layer_search():
-    expected = set(naive.__all__) - {"awq_quantize"} | {"awq_model", "scale_tolerance"}
+    expected = set(naive.__all__) - {"awq_quantize", "smoothing_groups"} | {"scale_tolerance"}
     assert set(library.__all__) == expected

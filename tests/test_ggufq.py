@@ -131,15 +131,17 @@ def tiny_model_dir():
 @pytest.mark.parametrize("shape", [(4, 256), (96, 512), (1410, 256)])
 def test_q4_k_close_to_ggml(shape):
     # ggml's C sums left to right (and may fuse multiply-adds); torch sums in another order, so
-    # the candidate search can pick another scale on a near tie. Measured on these shapes: >=
-    # 99.9 % of bytes and >= 98 % of super-blocks identical, the two dequantized tensors 5 % of
-    # the quantization error apart; the bounds below leave a margin.
+    # the candidate search can pick another scale on a near tie. Measured on these shapes:
+    # bytes 100 %, 99.96 %, 99.92 % identical, super-blocks 100 %, 98.96 %, 98.44 %, the two
+    # dequantized tensors 5 % of the quantization error apart; the bounds below leave a margin
+    # of about one point. Rounding halves up instead of to even in the search (ggml's
+    # nearest_int rounds to even) gives 99.2 % of bytes and 90 % of super-blocks: caught.
     torch.manual_seed(shape[1] + shape[0])
     w = _weights(*shape)
     mine, ref = naive.quantize_q4_k(w), library.quantize_q4_k(w)
     assert mine.shape == ref.shape == (shape[0], shape[1] // 256 * 144)
-    assert (mine == ref).float().mean() > 0.99
-    assert (mine.reshape(-1, 144) == ref.reshape(-1, 144)).all(1).float().mean() > 0.85
+    assert (mine == ref).float().mean() > 0.998
+    assert (mine.reshape(-1, 144) == ref.reshape(-1, 144)).all(1).float().mean() > 0.97
     back, back_ref = naive.dequantize_q4_k(mine), library.dequantize_q4_k(ref)
     err, err_ref = (back - w).norm() / w.norm(), (back_ref - w).norm() / w.norm()
     assert abs(err - err_ref) < 0.02 * err_ref  # the same quality of fit

@@ -2,6 +2,9 @@
 transformers (F16, Q8_0), generation stops at the end-of-turn token, the chat template travels,
 and each broken export fails the way chapter 06 says."""
 
+import shutil
+import sys
+
 import pytest
 import torch
 
@@ -69,11 +72,51 @@ def test_stops_at_end_of_turn(tiny, files):
     assert stopped and new[-1] == tokenizer.eos_token_id
 
 
-def test_wrong_eos_runs_to_the_limit(tiny, tmp_path):
+def _renamed_end_token(folder, text):
+    """A copy of the tiny model whose end-of-turn token (id 1) is called ``text``."""
+    shutil.copytree(TINY_MODEL_DIR, folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        path = folder / name
+        path.write_text(path.read_text().replace("<|eos|>", text))
+    return folder
+
+
+@pytest.mark.parametrize("end_text", ["<|eos|>", "<|im_end|>"])
+def test_wrong_eos_cuts_every_answer_at_that_token(tiny, tmp_path, end_text):
+    """llama.cpp ends generation at the file's EOS id whatever token it names, so an EOS id
+    that names an ordinary token cuts the answer there. True whether or not llama.cpp knows
+    the real end token by its text (``<|im_end|>``, Qwen's, it does; ``<|eos|>`` it does not)."""
+    _, _, _, ids = tiny
+    folder = _renamed_end_token(tmp_path / "model", end_text)
+    right, stopped = run.greedy_ids(
+        run.load_gguf(export.write_gguf(folder, tmp_path / "r.gguf")), ids[0], 40
+    )
+    assert stopped and right[-1] == 1
+    wrong_id = right[len(right) // 2]  # an ordinary token in the middle of the answer
+    path = export.write_gguf(folder, tmp_path / "w.gguf", eos_token_id=wrong_id)
+    new, stopped = run.greedy_ids(run.load_gguf(path), ids[0], 40)
+    assert stopped and new == right[: right.index(wrong_id) + 1]  # cut, and "stopped" cleanly
+
+
+@pytest.mark.parametrize(("end_text", "still_stops"), [("<|eos|>", False), ("<|im_end|>", True)])
+def test_pad_as_eos_fails_only_where_the_end_token_is_unknown(
+    tiny, tmp_path, end_text, still_stops
+):
+    """The padding id as EOS (an id the model never emits): llama.cpp still stops at an end
+    token it knows by its text (Qwen's), and runs on to the length limit past ours."""
     _, tokenizer, _, ids = tiny
-    path = export.write_gguf(TINY_MODEL_DIR, tmp_path / "w.gguf", "Q8_0", eos_token_id=0)
+    folder = _renamed_end_token(tmp_path / "model", end_text)
+    path = export.write_gguf(folder, tmp_path / "w.gguf", "Q8_0", eos_token_id=0)
     new, stopped = run.greedy_ids(run.load_gguf(path), ids[0] + tokenizer("{}")["input_ids"], 64)
-    assert not stopped and len(new) == 64 and tokenizer.eos_token_id in new
+    assert stopped == still_stops and 1 in new
+    assert len(new) == (new.index(1) + 1 if still_stops else 64)
+
+
+def test_missing_eos_key_becomes_id_11(tmp_path):
+    """Without ``tokenizer.ggml.eos_token_id`` llama.cpp takes its byte-level BPE default, 11
+    (GPT-2's and Qwen2's ``,``; ours is ``'``): no error, a wrong end token."""
+    llm = run.load_gguf(export.write_gguf(TINY_MODEL_DIR, tmp_path / "m.gguf", eos_token_id=None))
+    assert llm.token_eos() == 11
 
 
 def test_chat_template_in_file(tiny, files):
@@ -100,18 +143,25 @@ def test_perplexity_matches_transformers(tiny, files):
     assert ours == pytest.approx(theirs, rel=2e-3)  # F16 weights: a small, stated tolerance
 
 
-def test_server_answers_on_localhost(files):
+def test_server_answers_as_llama_cpp_does_in_process(tiny, files):
+    """The server renders the chat request with the file's template and decodes greedily: its
+    answer is the in-process greedy answer to the same prompt, and it stops by itself."""
+    _, tokenizer, _, ids = tiny
+    new, stopped = run.greedy_ids(run.load_gguf(files["Q8_0"]), ids[0], 40)
+    assert stopped
     with run.serve(files["Q8_0"]) as url:
         assert url.startswith("http://127.0.0.1:")
         reply = run.post_json(
             url + "/v1/chat/completions",
             {
-                "messages": [{"role": "user", "content": "Review: the app crashes."}],
-                "max_tokens": 8,
+                "messages": [{"role": "user", "content": load_task("test")["prompt"][0]}],
+                "max_tokens": 40,
                 "temperature": 0.0,
             },
         )
-    assert reply["choices"][0]["message"]["content"] is not None
+    choice = reply["choices"][0]
+    assert choice["message"]["content"] == tokenizer.decode(new, skip_special_tokens=True)
+    assert choice["finish_reason"] == "stop"
     with pytest.raises(OSError):
         run.post_json(url + "/v1/models", {}, timeout=2)  # stopped
 

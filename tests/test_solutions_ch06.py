@@ -34,6 +34,14 @@ def _q8_0_fp32_scale(x):
     return float(x.abs().max() / 127), q  # the unrounded scale
 
 
+def _q8_0_fp16_scale_codes(x):
+    # the stored (fp16) scale used for the codes too: differs from gguf on ~1 block in 5
+    d = float((x.abs().max() / 127).to(torch.float16))
+    v = x / d if d != 0 else torch.zeros_like(x)
+    q = v.sign() * (v.abs().floor() + (2 * (v.abs() - v.abs().floor())).floor())
+    return d, q.to(torch.int8)
+
+
 def _nominal_bits(name):
     return {"Q8_0": 8, "Q4_0": 4, "Q4_1": 4, "Q5_0": 5, "Q4_K": 4, "Q6_K": 6, "Q2_K": 2}[name]
 
@@ -64,6 +72,7 @@ def _wrong_sign(w, u, i, scale, zero):
     [
         ("q8_0_block", _q8_0_round_half_even, checkers.check_q8_0_block),
         ("q8_0_block", _q8_0_fp32_scale, checkers.check_q8_0_block),
+        ("q8_0_block", _q8_0_fp16_scale_codes, checkers.check_q8_0_block),
         ("bits_per_weight", _nominal_bits, checkers.check_bits_per_weight),
         ("bits_per_weight", _q4_k_as_q4_0, checkers.check_bits_per_weight),
         ("gptq_step", _no_feedback, checkers.check_gptq_step),

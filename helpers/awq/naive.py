@@ -15,10 +15,21 @@ round-to-nearest, so AWQ can only help on the calibration data). In a model ``di
 folded into the RMSNorm weight (or the previous linear layer) in front, so inference costs
 nothing extra. ``awq_layer`` runs the search for one layer of a transformers model, on the
 inputs that layer sees on calibration texts (the library twin runs llm-compressor there).
+
+``awq_model`` does it for a whole Llama or Qwen2 so that the result is deployable: layers that
+read the same input must share one ``s``, since one RMSNorm (or one linear layer) in front can
+absorb only one ``1/s``. So, as llm-compressor's default mappings do, per decoder layer:
+``input_layernorm -> q, k, v`` (one ``s``), ``v -> o`` (only where v's outputs are o's inputs:
+not with grouped-query attention), ``post_attention_layernorm -> gate, up`` (one ``s``),
+``up -> down``. A shared ``s`` is scored by the output error of the block that holds its layers
+(the attention block for q, k, v; the MLP for gate, up; the layer itself for o and down), as
+llm-compressor scores it. Then every linear layer of the smoothed model is rounded to the grid:
+its weight is plain round-to-nearest of ``W diag(s)``, and the norm holds ``1/s``.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,8 +38,8 @@ import torch
 from helpers.checks import finite_tensor, whole_number
 from helpers.gptq.naive import check_inputs, check_weight, layer_rel_error, rtn_quantize
 
-__all__ = ["AWQResult", "awq_layer", "awq_quantize", "capture_inputs", "layer_rel_error"]
-__all__ += ["search_grid"]
+__all__ = ["AWQResult", "awq_layer", "awq_model", "awq_quantize", "capture_inputs"]
+__all__ += ["layer_rel_error", "search_grid", "smoothing_groups"]
 
 
 @dataclass
@@ -167,3 +178,135 @@ def awq_layer(
     device = weight.device  # the search runs where the model is (a GPU on the T4 profiles)
     result = awq_quantize(weight, inputs.to(device), bits, group_size, n_grid, duo_scaling)
     return AWQResult(result.weight.cpu(), result.scales.cpu(), result.ratio, result.errors)
+
+
+def smoothing_groups(model: torch.nn.Module, index: int) -> list[tuple[str, list[str], str]]:
+    """``(smooth, balance layers, scored block)`` names of decoder layer ``index``: the layers
+    in ``balance`` share one ``s``, folded into ``smooth`` (llm-compressor's default mappings
+    for Llama and Qwen2; ``v -> o`` only where v's outputs are o's inputs)."""
+    p = f"model.layers.{index}."
+    attn = model.get_submodule(p + "self_attn")
+    qkv = [p + "self_attn.q_proj", p + "self_attn.k_proj", p + "self_attn.v_proj"]
+    groups = [(p + "input_layernorm", qkv, p + "self_attn")]
+    if attn.v_proj.out_features == attn.o_proj.in_features:  # no grouped-query attention
+        groups.append((p + "self_attn.v_proj", [p + "self_attn.o_proj"], p + "self_attn.o_proj"))
+    groups.append(
+        (p + "post_attention_layernorm", [p + "mlp.gate_proj", p + "mlp.up_proj"], p + "mlp")
+    )
+    return groups + [(p + "mlp.up_proj", [p + "mlp.down_proj"], p + "mlp.down_proj")]
+
+
+def _first(output):
+    """A module's output tensor (attention blocks return a tuple)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+@torch.no_grad()
+def _capture_blocks(model, batches, groups):
+    """For each group: the calls of its scored block ``[(args, kwargs, output)]`` and the
+    inputs ``(n_tokens, in)`` of its layers, one calibration sequence at a time."""
+    calls = {block: [] for _, _, block in groups}
+    inputs = {smooth: [] for smooth, _, _ in groups}
+
+    def block_in(block):  # the block's arguments, as it was called
+        return lambda mod, args, kwargs: calls[block].append([args, kwargs, None])
+
+    def block_out(block):  # its output (attention blocks return (output, weights))
+        return lambda mod, args, out: calls[block][-1].__setitem__(2, _first(out))
+
+    def layer_in(smooth):  # the input of the layers that share one scale: (T, in)
+        return lambda mod, args: inputs[smooth].append(args[0].reshape(-1, args[0].shape[-1]))
+
+    hooks = []
+    for smooth, balance, block in groups:
+        module = model.get_submodule(block)
+        hooks.append(module.register_forward_pre_hook(block_in(block), with_kwargs=True))
+        hooks.append(module.register_forward_hook(block_out(block)))
+        hooks.append(model.get_submodule(balance[0]).register_forward_pre_hook(layer_in(smooth)))
+    device = next(model.parameters()).device
+    try:
+        for ids in batches:
+            model(input_ids=torch.tensor([list(ids)], device=device), use_cache=False)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return calls, {k: torch.cat(v).float() for k, v in inputs.items()}
+
+
+@torch.no_grad()
+def _shared_scale(model, calls, x, balance, block, bits, group_size, n_grid, duo_scaling):
+    """The grid point's ``s`` (in,) that minimises the block's mean squared output error when
+    every layer in ``balance`` is ``Q(W s) / s`` (the model is restored afterwards)."""
+    layers = [model.get_submodule(name) for name in balance]
+    originals = [layer.weight.detach().clone() for layer in layers]
+    x_mean = x.abs().mean(0)  # (in,)
+    w_mean = _weight_means(torch.cat(originals).float(), group_size)  # (in,): duo only
+    scored, best = model.get_submodule(block), None
+    try:
+        for ratio, duo in search_grid(n_grid, duo_scaling):
+            s = _scales(x_mean, w_mean, ratio, duo)
+            for layer, w in zip(layers, originals, strict=True):
+                layer.weight.data = (rtn_quantize(w.float() * s, bits, group_size) / s).to(w.dtype)
+            sq, n = 0.0, 0
+            for args, kwargs, reference in calls:
+                out = _first(scored(*args, **kwargs))
+                sq += float(((out.float() - reference.float()) ** 2).sum())
+                n += reference.numel()
+            if best is None or sq / n < best[0]:
+                best = (sq / n, s)
+    finally:
+        for layer, w in zip(layers, originals, strict=True):
+            layer.weight.data = w
+    return best[1]
+
+
+@torch.no_grad()
+def _fold(model, smooth: str, balance: list[str], s: torch.Tensor) -> None:
+    """``smooth`` divided by ``s`` (a norm's weight, or a linear layer's last output rows and
+    bias), each balance layer's input columns multiplied by ``s``: the same function."""
+    module = model.get_submodule(smooth)
+    w = module.weight
+    if w.ndim == 1:
+        w.copy_((w.float() / s).to(w.dtype))
+    else:
+        w[-len(s) :] = (w[-len(s) :].float() / s[:, None]).to(w.dtype)
+    if getattr(module, "bias", None) is not None:
+        module.bias[-len(s) :] = (module.bias[-len(s) :].float() / s).to(module.bias.dtype)
+    for name in balance:
+        w = model.get_submodule(name).weight
+        w.copy_((w.float() * s[None, :]).to(w.dtype))
+
+
+def awq_model(
+    model: torch.nn.Module,
+    tokenizer,
+    batches: Sequence[Sequence[int]],
+    bits: int = 4,
+    group_size: int = 32,
+    n_grid: int = 20,
+    duo_scaling: bool = False,
+) -> torch.nn.Module:
+    """A deployable AWQ copy of a Llama or Qwen2 ``model`` (not modified): one ``s`` per
+    ``smoothing_groups`` entry, folded into the norm or layer in front, then every decoder
+    linear weight rounded to the 4-bit grid (dequantized values: fake quantization). Every
+    layer is calibrated on the full-precision model's activations; the output head stays.
+
+    Args: as ``awq_layer``; ``tokenizer`` is unused here (the library twin needs it).
+    """
+    if not batches or not all(len(ids) for ids in batches):
+        raise ValueError("batches must hold at least one calibration sequence, none empty")
+    out = copy.deepcopy(model)
+    for index in range(model.config.num_hidden_layers):  # one layer's activations at a time
+        groups = smoothing_groups(model, index)
+        calls, inputs = _capture_blocks(model, batches, groups)
+        for smooth, balance, block in groups:  # each searched on the original weights
+            search = (bits, group_size, n_grid, duo_scaling)
+            s = _shared_scale(model, calls[block], inputs[smooth], balance, block, *search)
+            _fold(out, smooth, balance, s.to(out.get_submodule(smooth).weight.device))
+        del calls, inputs
+    with torch.no_grad():
+        for name, module in out.named_modules():
+            if isinstance(module, torch.nn.Linear) and name.startswith("model.layers."):
+                w = module.weight
+                w.copy_(rtn_quantize(w.float(), bits, group_size).to(w.dtype))
+    return out.eval()

@@ -2,3 +2,15 @@
 linear layer that corrects the rounding error of every column in the columns not yet quantized,
 weighted by the layer's input statistics. ``naive.py`` writes it out in torch; ``library.py``
 runs llm-compressor's implementation (the same public names)."""
+
+import importlib.util
+
+# What the library twins of GPTQ and AWQ (``helpers.gptq.library``, ``helpers.awq.library``)
+# import: llm-compressor and the compressed-tensors format it quantizes to
+LIBRARY_PACKAGES = ("llmcompressor", "compressed_tensors")
+
+
+def missing_library_packages() -> list[str]:
+    """The packages of ``LIBRARY_PACKAGES`` this Python cannot import (looked up, not imported:
+    llm-compressor takes seconds to import)."""
+    return [name for name in LIBRARY_PACKAGES if importlib.util.find_spec(name) is None]
