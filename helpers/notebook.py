@@ -278,7 +278,8 @@ def _pip_failure(stderr: str, specs: list[str], torch_version: str) -> str:
             else "check this machine's network"
         )
         return f"Could not download {', '.join(specs)}: {where}, then run this cell again."
-    conflict = [line for line in stderr.splitlines() if "torch" in line.lower()]
+    # pip's resolver names the package whose requirement on torch cannot be met.
+    conflict = [line for line in stderr.splitlines() if re.search(r"depends on torch\b", line)]
     if conflict:
         return (
             f"Installing {', '.join(specs)} would need another torch than the installed "
