@@ -184,3 +184,45 @@ def test_real_wheels_install_offline_and_the_gptq_library_twin_runs(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(COURSE), "COURSE_TORCH_THREADS": "1"}
     done = subprocess.run([str(python), "-c", check], env=env, capture_output=True, text=True)
     assert done.returncode == 0 and "GPTQ" in done.stdout, done.stderr[-3000:]
+
+
+def test_the_workshop_wheelhouse_holds_the_extras_and_llm_compressor_without_its_deps(tmp_path):
+    from helpers.workshop.wheels import COURSE_EXTRAS, prepare_wheelhouse, requirements
+
+    reqs = requirements(list(COURSE_EXTRAS), False)
+    for wanted in ("compressed-tensors", "gguf", "loguru", "trl", "trackio", "lm-eval"):
+        assert any(r.startswith(wanted) for r in reqs), wanted
+    assert not any(r.startswith("llama-cpp-python") for r in reqs)  # source only on PyPI
+    calls = []
+
+    def fake_pip(cmd):
+        calls.append(cmd)
+        if "--report" in cmd:
+            asked = [a for a in cmd if "==" in a or ">=" in a]
+            install = [
+                {"metadata": {"name": a.split("==")[0], "version": a.split("==")[1]}}
+                for a in asked
+                if "==" in a and "[" not in a
+            ]
+            Path(cmd[cmd.index("--report") + 1]).write_text(json.dumps({"install": install}))
+        else:
+            out = Path(cmd[cmd.index("-d") + 1])
+            for pin in [a for a in cmd if "==" in a]:
+                name, version = pin.split("==")
+                (out / f"{name.replace('-', '_')}-{version}-py3-none-any.whl").write_bytes(b"w")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    files = prepare_wheelhouse(tmp_path, "win_amd64", "3.11", COURSE_EXTRAS, run=fake_pip)
+    no_deps = [c for c in calls if "--report" in c and "--no-deps" in c]
+    assert len(no_deps) == 1 and NO_DEPS_EXTRAS["deploy"][0] in no_deps[0]
+    assert any("llmcompressor-0.14.0" in f for f in files)
+
+
+def test_the_set_up_cell_installs_what_make_installs():
+    from helpers.notebook import LLAMA_CMAKE_ARGS
+
+    makefile = (COURSE / "Makefile").read_text()
+    assert f"LLAMA_CPP := {LLAMA_CPP}\n" in makefile
+    assert f"LLAMA_CMAKE_ARGS := {LLAMA_CMAKE_ARGS}\n" in makefile
+    assert f"LLMCOMPRESSOR := {NO_DEPS_EXTRAS['deploy'][0]}\n" in makefile
+    assert "wheels" in makefile and ".cache/budget-finetuning-course/wheels" in makefile
