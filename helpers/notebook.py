@@ -524,7 +524,7 @@ def prepare(root: str | Path, p100_fix: bool = False, extras: tuple[str, ...] = 
             "restart the runtime and run this cell first."
         )
     if platform_name():
-        install_missing(root)
+        install_missing(REPO_ROOT)  # an installed course keeps pyproject.toml in its share/
         install_extras(extras)
     else:
         missing = missing_extras(*extras)
@@ -678,7 +678,19 @@ def main(argv: list[str] | None = None) -> int:
     p_pin.add_argument("--commit", help="a full commit id (default: HEAD, which must be clean)")
     p_pin.add_argument("--repo", help="a fork's https://github.com/OWNER/NAME")
     p_pin.add_argument("--ref", help="the tag the badges and the website open")
+    p_extras = sub.add_parser(
+        "install-extras", help="install extras as the set-up cell does (Binder's postBuild)"
+    )
+    p_extras.add_argument("extras", nargs="+", help="pyproject.toml extras, e.g. deploy")
     args = parser.parse_args(argv)
+    if args.command == "install-extras":
+        try:
+            failed = install_extras(tuple(args.extras))
+        except ValueError as error:
+            parser.error(str(error))
+        for name, why in failed.items():
+            print(f"{name} was not installed: {why}", file=sys.stderr)
+        return 1 if failed else 0
     if args.command == "pin":
         print(f"pinned {pin(args.commit, args.repo, args.ref)}")
         return 0
