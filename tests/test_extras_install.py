@@ -41,8 +41,9 @@ print("RESULT", json.dumps({"before": sorted(before), "after": missing_extras("d
 
 def colab_like_venv(tmp_path: Path, hidden: set[str]) -> Path:
     """A venv that sees this environment's packages but ``hidden`` ones; returns its python."""
-    farm = tmp_path / "image-packages"
-    farm.mkdir()
+    # "site-packages" in its path: dill (under datasets) pickles classes from elsewhere by value
+    farm = tmp_path / "image" / "site-packages"
+    farm.mkdir(parents=True)
     for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
         top = entry.name.split("-")[0].split(".")[0].lower()
         if top in hidden or top.startswith(("__editable__", "budget_finetuning_course")):
@@ -137,7 +138,7 @@ def test_colab_without_llm_compressor_installs_the_deploy_extra_offline(tmp_path
     assert "llama.cpp is already built" in out and "compiling" not in out  # the cache's wheel
     assert f"installed {NO_DEPS_EXTRAS['deploy'][0]}" in out
     # torch is the image's, not a new one in the venv
-    assert str(tmp_path / "image-packages") in result["torch"]
+    assert str(tmp_path / "image" / "site-packages") in result["torch"]
     assert not list((tmp_path / "venv").glob("lib/python3*/site-packages/torch"))
 
 
