@@ -14,6 +14,7 @@ import argparse
 import os
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import nbformat
@@ -24,6 +25,38 @@ from helpers.report import load_results, results_path
 
 KERNEL = "python3"
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+
+
+def kernel_manager_class():
+    """The kernel manager papermill starts each chapter's kernel with.
+
+    On Linux and macOS the kernel is reached through Unix sockets (ZeroMQ's IPC transport) beside
+    its connection file in Jupyter's runtime folder (readable by this user only), not through TCP
+    ports on 127.0.0.1 that any local user may connect to; so ipykernel has no reason to print
+    "Kernel is running over TCP without encryption". Windows has no IPC transport: TCP there.
+    """
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    if os.name == "nt":
+        return AsyncKernelManager
+
+    class IPCKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _default_transport(self) -> str:
+            return "ipc"
+
+        @default("ip")
+        def _default_ip(self) -> str:
+            # The sockets' path prefix (ZeroMQ adds -1 ... -5); the default is relative, which
+            # would put them in the chapter's folder while it runs.
+            from jupyter_core.paths import jupyter_runtime_dir
+
+            runtime = Path(jupyter_runtime_dir())
+            runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
+            return str(runtime / f"course-kernel-{uuid.uuid4().hex[:12]}")
+
+    return IPCKernelManager
 
 
 def chapters(names: list[str] | None = None) -> list[Path]:
@@ -86,6 +119,7 @@ def execute(path: Path, out: Path, parameters: dict, prepare_only: bool = False)
         cwd=str(path.parent),
         progress_bar=False,
         prepare_only=prepare_only,
+        kernel_manager_class=kernel_manager_class(),
     )
 
 
