@@ -599,8 +599,35 @@ def _sync_p100_line(nb) -> bool:
     return True
 
 
+# A course launch link in the README, whatever repository and ref it names: (prefix, rest).
+_LAUNCH_LINK = re.compile(
+    r"(https://colab\.research\.google\.com/github/|https://kaggle\.com/kernels/welcome\?src="
+    r"https://github\.com/)[\w.-]+/[\w.-]+/blob/[^/\s)]+/|https://mybinder\.org/v2/gh/"
+    r"[\w.-]+/[\w.-]+/[^?\s)/]+"
+)
+
+
+def sync_readme(path: Path | None = None) -> bool:
+    """Point every launch badge in README.md at COURSE_REPO_URL and COURSE_REF; True if changed."""
+    path = Path(path or PACKAGE_DIR.parent / "README.md")
+    if not path.is_file():
+        return False
+
+    def current(match: re.Match) -> str:
+        if match.group(1) is None:  # Binder's link
+            return BINDER_URL
+        return f"{match.group(1)}{REPO_SLUG}/blob/{COURSE_REF}/"
+
+    text = path.read_text(encoding="utf-8")
+    new = _LAUNCH_LINK.sub(current, text)
+    if new != text:
+        path.write_text(new, encoding="utf-8")
+    return new != text
+
+
 def sync(paths=None) -> list[str]:
-    """Write the set-up cell (``setup_cell``), the badges and the P100_FIX parameter into each chapter.
+    """Write the set-up cell (``setup_cell``), the badges and the P100_FIX parameter into each
+    chapter (all of them by default, then README.md's badges too).
 
     Returns:
         The chapters changed.
@@ -610,6 +637,8 @@ def sync(paths=None) -> list[str]:
     import nbformat
 
     changed = []
+    if paths is None and sync_readme():
+        changed.append(str(PACKAGE_DIR.parent / "README.md"))
     for path in paths or sorted(CHAPTERS_DIR.glob("[0-9][0-9]_*.ipynb")):
         nb = nbformat.read(path, as_version=4)
         cells = setup_cells(nb)
