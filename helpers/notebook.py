@@ -29,8 +29,8 @@ from helpers.paths import CHAPTERS_DIR, PACKAGE_DIR, REPO_ROOT
 # helpers/site.py) derive from these. The badges open COURSE_REF (a tag); the set-up cell fetches
 # COURSE_COMMIT, the full commit of that release's code, and checks what it got, so a tag moved
 # later changes nothing. A release: commit, `python -m helpers.notebook pin` (writes HEAD's
-# commit here and syncs every chapter), commit that, tag it COURSE_REF, push both. A fork changes
-# COURSE_REPO_URL (and COURSE_REF) here, then runs `python -m helpers.notebook pin`.
+# commit here and syncs every chapter, the workbook and README's badges), commit that, tag it
+# COURSE_REF, push both. A fork: `python -m helpers.notebook pin --repo URL --ref TAG`, the same.
 COURSE_REPO_URL = "https://github.com/budget-finetuning/course"
 COURSE_REF = "v0.1.0"  # the tag the badges and the website open
 COURSE_COMMIT = "065f381c0ec3d8424b754461d7cb44851cc54d0f"  # the commit the set-up cell fetches
