@@ -14,7 +14,6 @@ import argparse
 import os
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import nbformat
@@ -30,11 +29,14 @@ WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 def kernel_manager_class():
     """The kernel manager papermill starts each chapter's kernel with.
 
-    On Linux and macOS the kernel is reached through Unix sockets (ZeroMQ's IPC transport) beside
-    its connection file in Jupyter's runtime folder (readable by this user only), not through TCP
-    ports on 127.0.0.1 that any local user may connect to; so ipykernel has no reason to print
-    "Kernel is running over TCP without encryption". Windows has no IPC transport: TCP there.
+    On Linux and macOS the kernel is reached through Unix sockets (ZeroMQ's IPC transport) in a
+    temporary folder of its own (readable by this user only, removed with the kernel), not
+    through TCP ports on 127.0.0.1 that any local user may connect to; so ipykernel has no reason
+    to print "Kernel is running over TCP without encryption". Windows has no IPC transport: TCP.
     """
+    import shutil
+    import tempfile
+
     from jupyter_client.manager import AsyncKernelManager
     from traitlets import default
 
@@ -48,13 +50,17 @@ def kernel_manager_class():
 
         @default("ip")
         def _default_ip(self) -> str:
-            # The sockets' path prefix (ZeroMQ adds -1 ... -5); the default is relative, which
+            # The sockets' path prefix (ZeroMQ adds -1 ... -5). The default is relative, which
             # would put them in the chapter's folder while it runs.
-            from jupyter_core.paths import jupyter_runtime_dir
+            self._socket_dir = tempfile.mkdtemp(prefix="course-kernel-")
+            return os.path.join(self._socket_dir, "kernel")
 
-            runtime = Path(jupyter_runtime_dir())
-            runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
-            return str(runtime / f"course-kernel-{uuid.uuid4().hex[:12]}")
+        async def _async_cleanup_resources(self, restart: bool = False) -> None:
+            await super()._async_cleanup_resources(restart=restart)
+            if not restart and getattr(self, "_socket_dir", None):
+                shutil.rmtree(self._socket_dir, ignore_errors=True)
+
+        cleanup_resources = _async_cleanup_resources
 
     return IPCKernelManager
 

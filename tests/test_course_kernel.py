@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 
 import nbformat
 import pytest
@@ -15,7 +16,11 @@ from helpers.paths import PACKAGE_DIR
 
 COURSE = PACKAGE_DIR.parent
 WARNING = "Kernel is running over TCP without encryption"
-CELL = "from ipykernel.kernelapp import IPKernelApp\napp = IPKernelApp.instance()\nprint(app.transport)"
+CELL = (
+    "from ipykernel.kernelapp import IPKernelApp\n"
+    "app = IPKernelApp.instance()\n"
+    "print(app.transport, app.ip)"
+)
 RUN = """
 import sys
 import papermill
@@ -41,18 +46,19 @@ def run(tmp_path, manager: str) -> tuple[str, str]:
     assert done.returncode == 0, done.stderr[-3000:]
     out = nbformat.read(tmp_path / f"{manager}-out.ipynb", as_version=4)
     assert sorted(p.name for p in folder.iterdir()) == ["in.ipynb"]  # no socket files left here
-    return done.stdout + done.stderr, out.cells[0].outputs[0]["text"].strip()
+    return done.stdout + done.stderr, out.cells[0].outputs[0]["text"].split()
 
 
 @pytest.mark.skipif(os.name == "nt", reason="Windows has no IPC transport")
 def test_course_kernels_use_ipc_and_print_no_transport_warning(tmp_path):
-    printed, transport = run(tmp_path, "course")
+    printed, (transport, where) = run(tmp_path, "course")
     assert transport == "ipc" and WARNING not in printed
+    assert where.startswith(tempfile.gettempdir()) and not os.path.exists(os.path.dirname(where))
 
 
 @pytest.mark.skipif(os.name == "nt", reason="Windows has no IPC transport")
 def test_the_default_tcp_kernel_prints_the_warning_the_course_avoids(tmp_path):
-    printed, transport = run(tmp_path, "default")
+    printed, (transport, _) = run(tmp_path, "default")
     assert transport == "tcp"
     if WARNING not in printed:
         pytest.skip("this ipykernel does not print the TCP warning: nothing to avoid")
