@@ -23,6 +23,7 @@ from helpers.notebook import (
     COURSE_REF,
     TESTED_VERSIONS,
     minimum_versions,
+    setup_cell,
 )
 from helpers.paths import PACKAGE_DIR
 
@@ -242,6 +243,17 @@ def test_a_real_git_fetch_of_the_pinned_commit_gets_the_course(tmp_path):
         ).stdout.strip()
         == head.stdout.strip()
     )
+
+
+def test_chapter_06s_cell_runs_the_pinned_commits_code(tmp_path):
+    """The pinned commit, fetched with real git from this clone, has the prepare() the cell calls."""
+    known = subprocess.run(["git", "-C", str(COURSE), "cat-file", "-e", COURSE_COMMIT])
+    if known.returncode:
+        pytest.skip(f"{COURSE} does not hold the pinned commit (not a clone of the course)")
+    code, out, _ = run_cell(tmp_path, {}, {}, git="real", repo_url=COURSE, chapter="06_deploy")
+    assert code == 0, out
+    assert 'extras=("deploy",)' in setup_cell("06_deploy")
+    assert (tmp_path / COURSE_DIR / "helpers" / "notebook.py").is_file()
 
 
 def test_an_installed_course_is_used_wherever_the_kernel_runs(tmp_path):

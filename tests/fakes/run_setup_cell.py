@@ -58,7 +58,7 @@ importlib.metadata.version, subprocess.run = fake_version, fake_run
 importlib.metadata.distribution = fake_distribution
 for name in os.environ.get("FAKE_IMPORTED", "").split():
     sys.modules.setdefault(name, types.ModuleType(name))
-from helpers.notebook import SETUP_CELL  # noqa: E402 - the course under test
+from helpers.notebook import setup_cell  # noqa: E402 - the course under test
 
 for name in [m for m in sys.modules if m.split(".")[0] == "helpers"]:
     del sys.modules[name]
@@ -66,7 +66,7 @@ sys.path.insert(0, os.getcwd())
 import helpers  # noqa: E402 - the unrelated helpers.py beside the notebook, as a kernel has it
 
 assert not hasattr(helpers, "notebook"), "the fake helpers.py should be imported first"
-cell = SETUP_CELL
+cell = setup_cell(os.environ.get("FAKE_CHAPTER", ""))  # $FAKE_CHAPTER: a chapter stem
 for name in ("COURSE_REPO_URL", "COURSE_COMMIT"):
     if os.environ.get(f"FAKE_{name.removeprefix('COURSE_')}"):
         value = os.environ[f"FAKE_{name.removeprefix('COURSE_')}"]
