@@ -26,6 +26,45 @@ KERNEL = "python3"
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 
 
+def kernel_manager_class():
+    """The kernel manager papermill starts each chapter's kernel with.
+
+    On Linux and macOS the kernel is reached through Unix sockets (ZeroMQ's IPC transport) in a
+    temporary folder of its own (readable by this user only, removed with the kernel), not
+    through TCP ports on 127.0.0.1 that any local user may connect to; so ipykernel has no reason
+    to print "Kernel is running over TCP without encryption". Windows has no IPC transport: TCP.
+    """
+    import shutil
+    import tempfile
+
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    if os.name == "nt":
+        return AsyncKernelManager
+
+    class IPCKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _default_transport(self) -> str:
+            return "ipc"
+
+        @default("ip")
+        def _default_ip(self) -> str:
+            # The sockets' path prefix (ZeroMQ adds -1 ... -5). The default is relative, which
+            # would put them in the chapter's folder while it runs.
+            self._socket_dir = tempfile.mkdtemp(prefix="course-kernel-")
+            return os.path.join(self._socket_dir, "kernel")
+
+        async def _async_cleanup_resources(self, restart: bool = False) -> None:
+            await super()._async_cleanup_resources(restart=restart)
+            if not restart and getattr(self, "_socket_dir", None):
+                shutil.rmtree(self._socket_dir, ignore_errors=True)
+
+        cleanup_resources = _async_cleanup_resources
+
+    return IPCKernelManager
+
+
 def chapters(names: list[str] | None = None) -> list[Path]:
     """Chapter notebooks by stem prefix ("01", "01_quantization") or all of them, in order."""
     every = sorted(CHAPTERS_DIR.glob("[0-9][0-9]_*.ipynb"))
@@ -86,6 +125,7 @@ def execute(path: Path, out: Path, parameters: dict, prepare_only: bool = False)
         cwd=str(path.parent),
         progress_bar=False,
         prepare_only=prepare_only,
+        kernel_manager_class=kernel_manager_class(),
     )
 
 

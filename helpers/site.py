@@ -6,6 +6,12 @@ home page (README.md's title, introduction and chapter table) and a copy of each
 ``build/site``) with the settings in ``site/conf.py``. Notebooks are never executed: the site
 shows the outputs committed with them, plots included. The launch badges come from each
 chapter's first cell, where ``python -m helpers.notebook sync`` writes them.
+
+The site's copies are made for readers (``reader_notebook``): test markers and formatter or
+linter pragmas (``# NBVAL_CHECK_OUTPUT``, ``# fmt: skip``, ``# noqa: E402``) are taken out of the
+code they show, and every chapter's title reads ``NN · Title``. The notebooks themselves keep
+them, where nbval and ruff read them. ``site/_static/course.css`` makes wide code, outputs and tables
+scroll inside their box.
 """
 
 from __future__ import annotations
@@ -26,6 +32,45 @@ CONF_DIR = ROOT / "site"
 DEFAULT_OUT = ROOT / "build" / "site"
 # A markdown link whose target is relative: [text](target), target without a scheme or "#".
 RELATIVE_LINK = re.compile(r"\]\((?![a-zA-Z][a-zA-Z0-9+.-]*:|#)([^)\s]+)\)")
+
+
+# A line that is only a test marker (nbval's NBVAL_CHECK_OUTPUT, NBVAL_SKIP, ...).
+MARKER_LINE = re.compile(r"^\s*#\s*NBVAL_[A-Z_]+\s*$")
+# A trailing pragma for a tool: ruff's noqa, the formatter's fmt, type checkers', coverage's.
+PRAGMA = re.compile(
+    r"\s*#\s*(?:noqa\b[^#]*|fmt:\s*(?:skip|off|on)|type:\s*ignore\S*|pragma:[^#]*"
+    r"|NBVAL_[A-Z_]+)\s*$"
+)
+# A chapter's title, "NN · Title" or "Chapter NN: Title".
+TITLE = re.compile(r"^#\s+(?:Chapter\s+)?(\d\d)\s*(?:·|:|\.|-)\s*(.+)$")
+
+
+def reader_code(source: str) -> str:
+    """A code cell's text as the site shows it: without test markers and tool pragmas."""
+    lines = [line for line in source.split("\n") if not MARKER_LINE.match(line)]
+    return "\n".join(PRAGMA.sub("", line) for line in lines)
+
+
+def reader_title(source: str) -> str:
+    """A chapter's first markdown cell with its title in the site's one style, ``# NN · Title``."""
+    first, _, rest = source.partition("\n")
+    found = TITLE.match(first.strip())
+    return f"# {found[1]} · {found[2].strip()}\n{rest}" if found else source
+
+
+def reader_notebook(path: Path):
+    """A chapter as the site shows it (code without markers and pragmas, one title style);
+    outputs, metadata and tags untouched."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.source = reader_code(cell.source)
+    first = next((c for c in nb.cells if c.cell_type == "markdown"), None)
+    if first is not None:
+        first.source = reader_title(first.source)
+    return nb
 
 
 def chapter_paths(chapters_dir: Path = CHAPTERS_DIR) -> list[Path]:
@@ -70,11 +115,17 @@ def home_page(readme: str, chapters: list[str]) -> str:
 
 
 def write_source(src: Path, chapters: list[Path], readme: str) -> None:
-    """Fill ``src`` with the home page and a copy of each chapter."""
+    """Fill ``src`` with the home page and a reader's copy of each chapter (``reader_notebook``);
+    a file that is not a notebook is copied as it is, for Sphinx to name it."""
+    import nbformat
+
     (src / "chapters").mkdir(parents=True)
     (src / "index.md").write_text(home_page(readme, [p.name for p in chapters]))
     for path in chapters:
-        shutil.copy2(path, src / "chapters" / path.name)
+        try:
+            nbformat.write(reader_notebook(path), src / "chapters" / path.name)
+        except (ValueError, KeyError, AttributeError, nbformat.reader.NotJSONError):
+            shutil.copy2(path, src / "chapters" / path.name)
 
 
 def readable_messages(text: str, src: Path) -> str:

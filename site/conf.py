@@ -46,3 +46,6 @@ html_theme_options = {
     "show_toc_level": 2,
     "navigation_with_keys": False,
 }
+# site/_static/course.css: wide code, outputs and tables scroll inside their box (helpers/site.py).
+html_static_path = ["_static"]
+html_css_files = ["course.css"]

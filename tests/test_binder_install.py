@@ -1,5 +1,7 @@
-"""The course installed as binder/ installs it (plain `pip install .`, not editable) into a
-fresh venv finds its tiny model from any working directory, and chapter 00 runs there.
+"""The course installed as binder/ installs it (plain `pip install ".[sft,harness]"`, not
+editable, then postBuild's `python -m helpers.notebook install-extras deploy`) into a fresh venv
+finds its tiny model from any working directory, and chapters 00 and 06 run from a folder outside
+the clone (the set-up cell uses the installed course and fetches nothing).
 
 Slow: it builds a venv with torch 2.13.0 from local disk, copies the tracked files of this
 checkout (as Binder clones them), and installs binder/requirements.txt with this environment's
@@ -79,9 +81,13 @@ def test_binder_style_install_loads_the_tiny_model_and_runs_chapter_00(tmp_path)
     assert "site-packages" in found["helpers"] and str(COURSE) not in found["helpers"]
     assert found["data"].endswith("share/budget-finetuning-course/data")
     assert 1_000_000 < found["params"] < 10_000_000
-    # Chapter 00 from the clone, as Binder opens it, with papermill in the same venv.
+    # postBuild's step; llama.cpp's wheel from this machine's cache when make built one there.
+    _run([py, "-m", "helpers.notebook", "install-extras", "deploy"], cwd=elsewhere, env=env)
+    # Chapters 00 and 06 from a folder outside the clone, with papermill in the same venv.
     _run([*install, "-c", str(pins), "papermill", "ipykernel"])
-    out = tmp_path / "00_setup.ipynb"
-    chapter = clone / "chapters" / "00_setup.ipynb"
-    args = ["-k", "python3", "--cwd", str(chapter.parent), "-p", "PROFILE", "tiny"]
-    _run([py, "-m", "papermill", *args, str(chapter), str(out)], env=env)
+    env["COURSE_BUILD_DIR"] = str(tmp_path / "build")
+    for name in ("00_setup.ipynb", "06_deploy.ipynb"):
+        shutil.copy(clone / "chapters" / name, elsewhere / name)
+        args = ["-k", "python3", "--cwd", str(elsewhere), "-p", "PROFILE", "tiny"]
+        _run([py, "-m", "papermill", *args, name, f"out-{name}"], cwd=elsewhere, env=env)
+    assert sorted(p.name for p in elsewhere.iterdir() if p.is_dir()) == []  # nothing fetched

@@ -18,7 +18,7 @@ from helpers.models import (
     check_fits_unquantized,
     load_model,
 )
-from helpers.notebook import SETUP_CELL, setup_cells
+from helpers.notebook import setup_cell, setup_cells
 from helpers.profiles import get_profile
 
 
@@ -115,7 +115,7 @@ def test_every_chapter_follows_the_notebook_rules():
         tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
         assert len(tagged) == 1 and 'PROFILE = "auto"' in tagged[0].source, path
         cells = setup_cells(nb)
-        assert len(cells) == 1 and cells[0].source == SETUP_CELL, (
+        assert len(cells) == 1 and cells[0].source == setup_cell(path.stem), (
             f"{path}: run `python -m helpers.notebook sync`"
         )
         errors = [

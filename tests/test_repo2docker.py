@@ -1,5 +1,7 @@
-"""repo2docker reads binder/ as intended: Python from runtime.txt, the course installed from
-binder/requirements.txt after the whole folder is copied, and binder/start as entry point.
+"""repo2docker reads binder/ as intended: Python from runtime.txt, a compiler from apt.txt, the
+course and chapter 08's extras installed from binder/requirements.txt after the whole folder is
+copied, then binder/postBuild (chapter 06's extras, llama.cpp compiled at build time), and
+binder/start as entry point.
 
 `repo2docker --no-build` writes the Dockerfile without docker. The test is skipped (visibly)
 where repo2docker is not installed; `make versions` installs it and runs this test.
@@ -8,11 +10,13 @@ where repo2docker is not installed; `make versions` installs it and runs this te
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 
 import pytest
 
+from helpers.notebook import CHAPTER_EXTRAS
 from helpers.paths import PACKAGE_DIR
 
 COURSE = PACKAGE_DIR.parent
@@ -38,4 +42,19 @@ def test_repo2docker_builds_the_binder_folder_as_intended():
         text.index('-r "binder/requirements.txt"'),
     )
     assert copy_all < install, "the course must be copied before `pip install .` runs"
+    compiler = text.index("apt-get install --yes --no-install-recommends build-essential")
+    post_build = text.index("RUN ./binder/postBuild")
+    assert compiler < install < post_build, "postBuild compiles llama.cpp after the installs"
     assert 'R2D_ENTRYPOINT="${REPO_DIR}/binder/start"' in text
+
+
+def test_binder_installs_every_chapters_extras_at_build_time():
+    binder = COURSE / "binder"
+    wanted = {extra for extras in CHAPTER_EXTRAS.values() for extra in extras}
+    requirements = (binder / "requirements.txt").read_text()
+    (course_line,) = re.findall(r"^\.(?:\[([a-z,]+)\])?$", requirements, flags=re.M)
+    post_build = (binder / "postBuild").read_text()
+    (command,) = re.findall(r"-m helpers\.notebook install-extras (.+)$", post_build, flags=re.M)
+    assert set(course_line.split(",")) | set(command.split()) == wanted
+    assert "set -euo pipefail" in post_build and os.access(binder / "postBuild", os.X_OK)
+    assert "build-essential" in (binder / "apt.txt").read_text().split()

@@ -103,6 +103,65 @@ def test_build_messages_name_the_chapter_and_cell(tmp_path):
     )
 
 
+def test_readers_copy_drops_test_markers_and_tool_pragmas_but_keeps_the_code():
+    code = (
+        "# NBVAL_CHECK_OUTPUT\n"
+        "from helpers import data  # noqa: E402 - after the set-up cell\n"
+        "table = [[1, 0], [0, 1]]  # fmt: skip\n"
+        "f = lambda x: x  # noqa: E731\n"
+        "print('# not a pragma')  # the reason, kept"
+    )
+    assert site.reader_code(code) == (
+        "from helpers import data\n"
+        "table = [[1, 0], [0, 1]]\n"
+        "f = lambda x: x\n"
+        "print('# not a pragma')  # the reason, kept"
+    )
+    assert site.reader_title("# Chapter 05: Evaluation, by hand\n\nbody") == (
+        "# 05 · Evaluation, by hand\n\nbody"
+    )
+    assert site.reader_title("# 02 · LoRA\nx") == "# 02 · LoRA\nx"
+
+
+def test_the_notebooks_keep_their_markers_for_nbval():
+    text = "".join(p.read_text() for p in CHAPTERS)
+    assert "NBVAL_CHECK_OUTPUT" in text  # the site's copies lose them, the chapters do not
+
+
+class _VisibleText(HTMLParser):
+    """The text a reader sees in a page: everything outside script, style and head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.skip, self.parts = 0, []
+
+    def handle_starttag(self, tag, attrs) -> None:
+        self.skip += tag in ("script", "style", "head", "template")
+
+    def handle_endtag(self, tag) -> None:
+        self.skip -= tag in ("script", "style", "head", "template") and self.skip > 0
+
+    def handle_data(self, data) -> None:
+        if not self.skip:
+            self.parts.append(data)
+
+
+HIDDEN_FROM_READERS = re.compile(r"NBVAL|noqa|fmt:\s*(?:skip|off|on)|type:\s*ignore")
+
+
+def machinery_shown(html: str) -> list[str]:
+    """The test markers and tool pragmas a page shows its readers."""
+    parser = _VisibleText()
+    parser.feed(html)
+    return HIDDEN_FROM_READERS.findall("".join(parser.parts))
+
+
+def test_machinery_check_catches_a_marker_in_a_page():
+    page = "<html><head><title>noqa</title></head><body><pre># NBVAL_CHECK_OUTPUT\nx = 1  "
+    page += "# fmt: skip</pre><script>var noqa = 1;</script></body></html>"
+    assert machinery_shown(page) == ["NBVAL", "fmt: skip"]
+
+
 def test_failed_build_keeps_the_previous_site(tmp_path):
     out = tmp_path / "site"
     out.mkdir()
@@ -144,6 +203,19 @@ def test_build_has_a_page_per_chapter_ready_for_static_hosting(built):
     assert (built / ".nojekyll").is_file()  # GitHub Pages keeps _static/ and _images/
     for chapter in CHAPTERS:
         assert (built / "chapters" / f"{chapter.stem}.html").is_file(), chapter.name
+
+
+def test_pages_show_no_test_markers_and_one_title_style(built):
+    for chapter in CHAPTERS:
+        html = (built / "chapters" / f"{chapter.stem}.html").read_text()
+        assert machinery_shown(html) == [], chapter.name
+    titles = re.findall(
+        r'<a class="reference internal" href="chapters/[^"]+">([^<]+)</a>',
+        (built / "index.html").read_text(),
+    )
+    sidebar = [t for t in titles if re.match(r"\d\d", t)]
+    assert len(sidebar) >= len(CHAPTERS)
+    assert all(re.match(r"\d\d · \S", t) for t in sidebar), sidebar
 
 
 @pytest.fixture(scope="module")
@@ -238,8 +310,26 @@ def page_problems(browser, base_url: str, chapter: Path) -> list[str]:
     found = page.eval_on_selector_all(
         "article a:has(img[alt^='Open in'])", "links => links.map(a => a.href)"
     )
+    shown = HIDDEN_FROM_READERS.findall(page.inner_text("article"))
+    problems += [f"shows {'/'.join(sorted(set(shown)))} to readers"] if shown else []
+    problems += [f"cut at the column's edge: {what}" for what in page.evaluate(CUT_OFF)]
     page.close()
     return problems + badge_problems(found, chapter.name)
+
+
+# Code, outputs and tables wider than their box, or reaching past the article's right edge, that
+# no box between them and the article scrolls within the column: cut off, or spilling over.
+CUT_OFF = """() => {
+  const edge = document.querySelector('article').getBoundingClientRect().right + 1;
+  return [...document.querySelectorAll('article pre, article table')].filter(e => {
+    if (e.scrollWidth <= e.clientWidth + 1 && e.getBoundingClientRect().right <= edge) return false;
+    for (let box = e; box && box.tagName !== 'ARTICLE'; box = box.parentElement) {
+      const scrolls = ['auto', 'scroll'].includes(getComputedStyle(box).overflowX);
+      if (scrolls && box.getBoundingClientRect().right <= edge) return false;
+    }
+    return true;
+  }).map(e => e.tagName.toLowerCase() + ': ' + e.textContent.trim().slice(0, 40));
+}"""
 
 
 def link_problems(base_url: str) -> tuple[set[str], list[str]]:
@@ -302,6 +392,12 @@ def test_checks_catch_a_broken_page(browser, built, tmp_path):
         '<script>console.error("injected")</script>'
         '<script src="https://cdn.invalid/x.js"></script></body>',
     )
+    wide = "x" * 400
+    html = html.replace(
+        "</article>",
+        f'<pre style="overflow: visible"># NBVAL_CHECK_OUTPUT {wide}</pre></article>',
+        1,
+    )
     page.write_text(html)
     server = serve(broken)
     base_url = f"http://127.0.0.1:{server.server_port}/"
@@ -312,6 +408,8 @@ def test_checks_catch_a_broken_page(browser, built, tmp_path):
         server.shutdown()
         server.server_close()
     assert "console: injected" in problems
+    assert "shows NBVAL to readers" in problems
+    assert "cut at the column's edge: pre: # NBVAL_CHECK_OUTPUT xxx" in problems
     assert "loads https://cdn.invalid/x.js from outside the site" in problems
     assert "did not load" in problems
     assert f"does not launch chapters/{chapter.name}" in problems

@@ -24,7 +24,12 @@ from helpers.workshop.timetable import (
     measure,
     timetable,
 )
-from helpers.workshop.wheels import WheelhouseError, prepare_wheelhouse, wheelhouse_tag
+from helpers.workshop.wheels import (
+    COURSE_EXTRAS,
+    WheelhouseError,
+    prepare_wheelhouse,
+    wheelhouse_tag,
+)
 
 
 def profile_models(names: list[str]) -> dict[str, list[str]]:
@@ -112,7 +117,9 @@ def main(argv: list[str] | None = None, source: Source | None = None, run=None) 
         "or comma-separated wheel tags; repeat for several (default: this machine's)",
     )
     p.add_argument("--python-version", help="the room's Python, e.g. 3.11")
-    p.add_argument("--extras", nargs="*", default=["lab"], help="pyproject extras (default lab)")
+    p.add_argument(
+        "--extras", nargs="*", default=list(COURSE_EXTRAS), help="pyproject extras (default: all)"
+    )
     p.add_argument("--with-torch", action="store_true", help="also torch and its CUDA wheels")
     p.add_argument("--no-wheels", action="store_true", help="models only")
     c = sub.add_parser("check", help="verify a prepared folder against its manifest")

@@ -18,11 +18,20 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from helpers.notebook import NO_DEPS_EXTRAS
 from helpers.paths import PACKAGE_DIR
 from helpers.workshop.manifest import PARTIAL, file_hashes
 
 # torch and what only torch pulls in (CUDA libraries, triton): gigabytes a room rarely needs.
 TORCH_FAMILY = re.compile(r"^(torch|triton|nvidia-.*|cuda-.*)$")
+# What goes in by default (`make workshop-prepare`): JupyterLab and the extras of chapters 06 and
+# 08 (the set-up cell's CHAPTER_EXTRAS), plus what `make` installs with --no-deps
+# (llm-compressor, NO_DEPS_EXTRAS), resolved without its declared dependencies. llama-cpp-python
+# stays out: PyPI ships it as source only (no wheel for any platform of 0.3.36, checked with pip
+# download --only-binary=:all:), so a room compiles it or copies the wheel `make` built on a
+# machine of the same platform (~/.cache/budget-finetuning-course/wheels).
+COURSE_EXTRAS = ("lab", "deploy", "sft", "harness")
+SOURCE_ONLY = re.compile(r"^llama-cpp-python$")
 Runner = Callable[[list[str]], subprocess.CompletedProcess]
 
 
@@ -49,6 +58,7 @@ def requirements(extras: list[str], with_torch: bool, root: Path = PACKAGE_DIR.p
         raise ValueError(f"--extras {unknown}: pyproject.toml defines {sorted(optional)}")
     reqs = list(project["dependencies"]) + [r for e in extras for r in optional[e]]
     name = re.compile(r"^\s*([A-Za-z0-9_.-]+)")
+    reqs = [r for r in reqs if not SOURCE_ONLY.match(name.match(r).group(1).lower())]
     return [r for r in reqs if with_torch or not TORCH_FAMILY.match(name.match(r).group(1))]
 
 
@@ -138,6 +148,9 @@ def prepare_wheelhouse(
     dest, flags = Path(dest), target_flags(platform, python_version)
     tag = wheelhouse_tag(platform, python_version)
     wheels = resolve(requirements(list(extras), with_torch), flags, with_torch, run)
+    no_deps = [spec for extra in extras for spec in NO_DEPS_EXTRAS.get(extra, ())]
+    if no_deps:
+        wheels += resolve(no_deps, [*flags, "--no-deps"], with_torch, run)
     staging = dest / PARTIAL / "wheels" / tag
     staging.mkdir(parents=True, exist_ok=True)
     pins = [f"{w['name']}=={w['version']}" for w in wheels]
