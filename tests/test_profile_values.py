@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from helpers.profiles import PROFILES, get_profile
 
@@ -94,3 +95,23 @@ def test_loading_passes_the_pinned_revision(monkeypatch):
     profile = get_profile("gpu-4gb")
     models.load_model(profile)
     assert calls == [(profile.model_id, profile.revision)] * 2
+
+
+def test_load_4bit_loads_a_hub_model_at_its_pinned_commit(monkeypatch):
+    """Chapter 03's 4-bit load passes the profile's revision, as load_model does."""
+    from helpers.profiles import REVISIONS
+    from helpers.qlora import library
+
+    seen = {}
+
+    def fake_from_pretrained(model_id, **kwargs):
+        seen.update(kwargs, model_id=model_id)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(library.AutoModelForCausalLM, "from_pretrained", fake_from_pretrained)
+    with pytest.raises(RuntimeError, match="stop here"):
+        library.load_4bit("Qwen/Qwen2.5-1.5B-Instruct", torch.float16)
+    assert seen["revision"] == REVISIONS["Qwen/Qwen2.5-1.5B-Instruct"]
+    with pytest.raises(RuntimeError, match="stop here"):
+        library.load_4bit("/some/local/folder", torch.float16)
+    assert seen["revision"] is None

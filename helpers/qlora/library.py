@@ -108,9 +108,12 @@ def load_4bit(
         bnb_4bit_use_double_quant=double_quant,
         bnb_4bit_compute_dtype=compute_dtype,
     )
+    from helpers.profiles import REVISIONS  # a hub model loads at the commit its profile pins
+
     kwargs = {"device_map": {"": 0}} if torch.cuda.is_available() else {}
     model = AutoModelForCausalLM.from_pretrained(
         model_id,
+        revision=REVISIONS.get(str(model_id)),
         dtype=compute_dtype,
         quantization_config=config,
         trust_remote_code=False,
