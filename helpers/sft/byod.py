@@ -181,7 +181,8 @@ def memory_plan(profile) -> str:
     for the budget): never measured for this chapter, so it says "planned", not "fits".
     """
     from helpers.hardware import card_budget
-    from helpers.memory import GIB, ModelShape, RunSpec
+    from helpers.memguard import training_run
+    from helpers.memory import GIB, ModelShape
     from helpers.memory import naive as planner
 
     if profile.is_local:
@@ -193,15 +194,7 @@ def memory_plan(profile) -> str:
         shape = ModelShape.from_config(AutoConfig.from_pretrained(config.parent), profile.name)
     else:
         shape = planner.MODELS[profile.model_id.split("/")[-1].removesuffix("-Instruct")]
-    run = RunSpec(
-        "qlora" if profile.load_in_4bit else "lora",
-        profile.micro_batch_size,
-        profile.max_seq_len,
-        profile.compute_dtype,
-        gradient_checkpointing=profile.gradient_checkpointing,
-        lora_r=profile.lora_r,
-        target_modules=tuple(profile.target_modules),
-    )
+    run = training_run(profile, "qlora" if profile.load_in_4bit else "lora")
     budget = card_budget(profile.name)
     verdict = planner.fits(shape, run, budget.gib)
     return (
