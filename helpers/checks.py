@@ -39,10 +39,13 @@ def positive_number(value: object, name: str, allow_zero: bool = False) -> float
     return float(value)
 
 
-def bits(value: object, name: str = "bits") -> int:
-    """A code width of 2 to 8 bits: the codes are stored one per uint8 (9 bits would saturate
-    at 255) and a grid needs at least 4 levels to be worth a scale and a zero point."""
-    return whole_number(value, name, 2, 8)
+def bits(value: object, name: str = "bits", high: int = 8) -> int:
+    """A code width of 2 to ``high`` bits. A grid needs at least 4 levels to be worth a scale
+    and a zero point. Codes stored one per uint8 (GPTQ's) stop at 8: 9 bits would saturate at
+    255. A weight rounded and returned in floating point (round-to-nearest, AWQ's search) has
+    no such store and may go to 16, close to lossless, which is how a test isolates what the
+    rounding does not cause."""
+    return whole_number(value, name, 2, high)
 
 
 def finite_tensor(tensor: object, name: str, allow_empty: bool = False) -> torch.Tensor:

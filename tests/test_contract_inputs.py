@@ -134,8 +134,18 @@ def test_gptq_refuses_bits_outside_2_to_8(gptq, bits):
     w, x = _layer()
     with pytest.raises(ValueError, match="bits must be an integer from 2 to 8"):
         gptq.gptq_quantize(w, gptq_naive.hessian(x), bits=bits)
-    with pytest.raises(ValueError, match="bits must be an integer from 2 to 8"):
-        gptq.rtn_quantize(w, bits)
+
+
+@GPTQ
+def test_rtn_takes_2_to_16_bits_and_refuses_the_rest(gptq):
+    # round-to-nearest returns floats (no uint8 codes), so 9 to 16 bits are allowed: at 16 the
+    # rounding is nearly lossless, at 2 it is coarse; 0, 1 and 17 are refused
+    w, _ = _layer()
+    assert (gptq.rtn_quantize(w, 16) - w).abs().max() < 1e-3 * w.abs().max()
+    assert (gptq.rtn_quantize(w, 2) - w).abs().max() > 1e-2 * w.abs().max()
+    for bits in (0, 1, 17):
+        with pytest.raises(ValueError, match="bits must be an integer from 2 to 16"):
+            gptq.rtn_quantize(w, bits)
 
 
 @GPTQ
@@ -162,7 +172,7 @@ def test_awq_quantize_refuses_nan_and_empty_calibration_and_bad_bits():
     with pytest.raises(ValueError, match="calibration rows"):
         awq_naive.awq_quantize(w, x[:0])
     with pytest.raises(ValueError, match="bits must be"):
-        awq_naive.awq_quantize(w, x, bits=9)
+        awq_naive.awq_quantize(w, x, bits=17)
     x[0, 0] = float("nan")  # used to give a list of NaN errors and pick the first grid point
     with pytest.raises(ValueError, match="inputs holds 1 NaN"):
         awq_naive.awq_quantize(w, x)
@@ -173,8 +183,8 @@ def test_awq_layer_checks_before_it_runs(awq, tiny):
     model, tokenizer = tiny
     layer, smooth = "model.layers.0.mlp.down_proj", "model.layers.0.mlp.up_proj"
     batches = [tokenizer("a short calibration text")["input_ids"]]
-    with pytest.raises(ValueError, match="bits must be an integer from 2 to 8"):
-        awq.awq_layer(model, tokenizer, batches, layer, smooth, bits=9)
+    with pytest.raises(ValueError, match="bits must be an integer from 2 to 16"):
+        awq.awq_layer(model, tokenizer, batches, layer, smooth, bits=17)
     weight = dict(model.named_modules())[layer].weight
     saved = weight.detach().clone()
     try:

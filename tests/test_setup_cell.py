@@ -144,7 +144,11 @@ def _assert_one_sentence(code, out, tmp_path, reason, git_said):
     assert code != 0, out
     message = out.strip().splitlines()[-1]
     assert message.startswith("Could not fetch the course (commit "), out
-    assert reason in message and f"git said: {git_said}" in message, message
+    # git's own words follow "git said:"; versions word some errors differently (2.39 says
+    # "fatal: remote error: upload-pack: ...", newer ones "fatal: git upload-pack: ..."), so
+    # the test looks for git's words after the marker rather than the whole line
+    assert reason in message and "git said: fatal: " in message, message
+    assert git_said in message.split("git said: ", 1)[1], message
     assert "Traceback" not in out and not (tmp_path / COURSE_DIR).exists()
 
 
@@ -168,7 +172,7 @@ def test_a_commit_the_repository_lacks_says_so_with_gits_reason(tmp_path):
         out,
         tmp_path,
         "the repository has no commit COURSE_COMMIT: check COURSE_COMMIT",
-        f"fatal: remote error: upload-pack: not our ref {COURSE_COMMIT}",
+        f"upload-pack: not our ref {COURSE_COMMIT}",
     )
 
 

@@ -92,7 +92,7 @@ def awq_quantize(
 
     Raises:
         ValueError: a NaN or inf in ``weight`` or ``inputs``, no calibration rows, ``bits``
-            outside 2..8, a ``group_size`` that does not divide ``in``.
+            outside 2..16 (the weight is rounded and returned in floating point), a ``group_size`` that does not divide ``in``.
     """
     check_weight(weight, bits, group_size)
     check_inputs(inputs)
@@ -122,7 +122,7 @@ def check_awq_args(bits: int, group_size: int, n_grid: int, duo_scaling: bool) -
     """The settings both twins' ``awq_layer`` and ``awq_model`` take, checked before any run."""
     from helpers.checks import bits as check_bits
 
-    check_bits(bits)
+    check_bits(bits, high=16)  # rounded weights come back in floating point: no uint8 store
     whole_number(group_size, "group_size")
     search_grid(n_grid, duo_scaling)
 

@@ -56,7 +56,7 @@ def gptq_quantize(
             damped ``h`` and falls back to round-to-nearest for the layer (it returns a flag
             that says so; its answer would not be GPTQ's).
     """
-    check_weight(weight, bits, group_size)
+    check_weight(weight, bits, group_size, max_bits=8)  # uint8 codes, as the naive twin
     check_hessian(h, weight.shape[1], percdamp)
     # llm-compressor logs a "no accelerator" warning as it loads: a CPU is what we mean here
     os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "ERROR")

@@ -60,12 +60,14 @@ def check_inputs(inputs: torch.Tensor, name: str = "inputs") -> torch.Tensor:
     return inputs
 
 
-def check_weight(weight: torch.Tensor, bits: int, group_size: int) -> None:
-    """A finite 2-D weight (out, in), a code width of 2 to 8 bits, groups that divide ``in``."""
+def check_weight(weight: torch.Tensor, bits: int, group_size: int, max_bits: int = 16) -> None:
+    """A finite 2-D weight (out, in), a code width of 2 to ``max_bits`` bits (8 where codes are
+    stored in uint8, 16 where the rounded weight comes back in floating point), groups that
+    divide ``in``."""
     finite_tensor(weight, "weight")
     if weight.ndim != 2:
         raise ValueError(f"weight must be 2-D (out, in), got shape {tuple(weight.shape)}")
-    check_bits(bits)
+    check_bits(bits, high=max_bits)
     whole_number(group_size, "group_size")
     if weight.shape[1] % group_size:
         raise ValueError(f"group_size {group_size} must divide in_features {weight.shape[1]}")
@@ -130,11 +132,11 @@ def gptq_quantize(
     """Quantize ``weight (out, in)`` with GPTQ given the Hessian ``h (in, in)``.
 
     Raises:
-        ValueError: a NaN or inf in ``weight`` or ``h``, ``bits`` outside 2..8, a
-            ``group_size`` that does not divide ``in``, or an ``h`` that damping does not make
-            invertible.
+        ValueError: a NaN or inf in ``weight`` or ``h``, ``bits`` outside 2..8 (the codes
+            are uint8), a ``group_size`` that does not divide ``in``, or an ``h`` that damping
+            does not make invertible.
     """
-    check_weight(weight, bits, group_size)
+    check_weight(weight, bits, group_size, max_bits=8)
     check_hessian(h, weight.shape[1], percdamp)
     scale, zero = minmax_grid(weight, bits, group_size)  # (out, G) each
     w, h = weight.to(torch.float32).clone(), h.to(torch.float32).clone()
@@ -155,7 +157,8 @@ def gptq_quantize(
 
 
 def rtn_quantize(weight: torch.Tensor, bits: int = 4, group_size: int = 32) -> torch.Tensor:
-    """Round-to-nearest on the same grid (no error feedback): the baseline GPTQ improves on."""
+    """Round-to-nearest on the same grid (no error feedback): the baseline GPTQ improves on.
+    The result is the dequantized weight in float32, so ``bits`` may go from 2 to 16."""
     scale, zero = minmax_grid(weight, bits, group_size)
     g = group_size
     w = weight.to(torch.float32).reshape(weight.shape[0], -1, g)  # (out, G, g)
