@@ -88,8 +88,9 @@ def pre_tokenize(text: str) -> list[str]:
 
 
 @dataclass
-class BPETokenizer:
-    """What training learns: ``vocab`` maps each token to its id; ``merges`` lists the pairs
+class Tokenizer:
+    """What training learns (the naive counterpart of ``tokenizers.Tokenizer``): ``vocab`` maps
+    each token to its id; ``merges`` lists the pairs
     in the order they were learnt (their rank); ``special_tokens`` are matched whole in a
     text before anything else."""
 
@@ -127,7 +128,7 @@ def train_bpe(
     texts: Iterable[str],
     vocab_size: int = VOCAB_SIZE,
     special_tokens: Sequence[str] = SPECIAL_TOKENS,
-) -> BPETokenizer:
+) -> Tokenizer:
     """Learn byte-level BPE merges from ``texts`` until the vocabulary holds ``vocab_size``
     tokens or no pair of symbols is left to merge.
 
@@ -136,7 +137,7 @@ def train_bpe(
         vocab_size: the most tokens to learn, special tokens and the 256 bytes included.
         special_tokens: tokens that get the first ids and are never split.
     Returns:
-        a ``BPETokenizer`` (vocab, merges in order, special tokens).
+        a ``Tokenizer`` (vocab, merges in order, special tokens).
     """
     special_tokens = check_training_args(vocab_size, special_tokens)
     # 1. Words and how often each occurs: the corpus is never looked at again.
@@ -170,23 +171,23 @@ def train_bpe(
                 pair_counts[p] += n * counts[i]
                 holders.setdefault(p, set()).add(i)
         pair_counts = +pair_counts  # drop the pairs whose count fell to 0
-    return BPETokenizer(vocab, merges, special_tokens)
+    return Tokenizer(vocab, merges, special_tokens)
 
 
-def check_tokenizer(tokenizer: object) -> BPETokenizer:
-    if not isinstance(tokenizer, BPETokenizer):
+def check_tokenizer(tokenizer: object) -> Tokenizer:
+    if not isinstance(tokenizer, Tokenizer):
         raise TypeError(
             f"tokenizer must be what naive.train_bpe returns, got {type(tokenizer).__name__}"
         )
     return tokenizer
 
 
-def get_vocab(tokenizer: BPETokenizer) -> dict[str, int]:
+def get_vocab(tokenizer: Tokenizer) -> dict[str, int]:
     """Every token and its id (special tokens included)."""
     return dict(check_tokenizer(tokenizer).vocab)
 
 
-def get_merges(tokenizer: BPETokenizer) -> list[tuple[str, str]]:
+def get_merges(tokenizer: Tokenizer) -> list[tuple[str, str]]:
     """The merges in the order they were learnt: rank 0 first."""
     return list(check_tokenizer(tokenizer).merges)
 
@@ -212,7 +213,7 @@ def encode_word(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
     return symbols
 
 
-def encode(tokenizer: BPETokenizer, text: str) -> list[int]:
+def encode(tokenizer: Tokenizer, text: str) -> list[int]:
     """Token ids of ``text``: special tokens are cut out whole first; each piece between them is
     pre-tokenized into words, and each word merged by ``encode_word``."""
     check_tokenizer(tokenizer)
@@ -230,7 +231,7 @@ def encode(tokenizer: BPETokenizer, text: str) -> list[int]:
     return ids
 
 
-def decode(tokenizer: BPETokenizer, ids: Sequence[int]) -> str:
+def decode(tokenizer: Tokenizer, ids: Sequence[int]) -> str:
     """The text of ``ids``: join the tokens, turn each byte symbol back into its byte, and read
     the bytes as UTF-8 (a sequence cut inside a character decodes to U+FFFD there)."""
     check_tokenizer(tokenizer)

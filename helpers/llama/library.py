@@ -55,7 +55,7 @@ def load_llama(model_dir: str | Path) -> LlamaForCausalLM:
     return model.eval()
 
 
-def llama_logits(model: LlamaForCausalLM, input_ids: torch.Tensor) -> torch.Tensor:
+def llama_logits(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
     """Next-token logits (B, T, V) for ``input_ids`` (B, T)."""
     if not isinstance(model, LlamaForCausalLM):
         raise TypeError(f"model must be a LlamaForCausalLM, got {type(model).__name__}")

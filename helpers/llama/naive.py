@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file
@@ -35,6 +36,9 @@ from torch import nn
 
 from helpers.checks import token_ids
 from helpers.llama import check_config, rope_settings
+
+if TYPE_CHECKING:
+    from transformers import LlamaConfig
 
 __all__ = ["build_llama", "load_llama", "llama_logits"]
 
@@ -182,7 +186,7 @@ def init_weights(model: Llama, std: float) -> None:
             nn.init.ones_(module.weight)
 
 
-def build_llama(config, state_dict: dict[str, torch.Tensor] | None = None) -> Llama:
+def build_llama(config: LlamaConfig, state_dict: dict[str, torch.Tensor] | None = None) -> Llama:
     """A Llama for ``config``, with the weights of ``state_dict`` (a ``LlamaForCausalLM`` state
     dict) or, without one, initialised from torch's random generator.
 
@@ -227,7 +231,7 @@ def load_llama(model_dir: str | Path) -> Llama:
     return build_llama(config, load_file(model_dir / "model.safetensors"))
 
 
-def llama_logits(model: Llama, input_ids: torch.Tensor) -> torch.Tensor:
+def llama_logits(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
     """Next-token logits (B, T, V) for ``input_ids`` (B, T)."""
     if not isinstance(model, Llama):
         raise TypeError(f"model must be what naive.build_llama returns, got {type(model).__name__}")
