@@ -21,6 +21,13 @@ each merge's new token; a pair's count is how many times it sits side by side in
 (overlaps included: "aaa" holds ("a", "a") twice); among pairs with the same count, the one
 whose two ids are smallest wins (compared as (left id, right id)); training stops at
 ``vocab_size`` tokens or when no pair is left.
+
+One known difference: the word split needs Unicode's table of letters and digits, and the
+``regex`` module ships a newer table than the one inside ``tokenizers`` (Oniguruma). Code
+points that only the newer Unicode versions assign (17,144 of them with regex 2026.11.19 and
+tokenizers 0.23.3, none assigned in Python 3.11's Unicode 14; U+0558 is one) count as letters
+here and as symbols there, so a text holding one splits differently. Every other character
+splits the same way (checked over all of Unicode).
 """
 
 from __future__ import annotations
