@@ -131,6 +131,26 @@ def best_pair(pair_counts: dict[tuple[int, int], int]) -> tuple[int, int]:
     return max(pair_counts, key=lambda pair: (pair_counts[pair], -pair[0], -pair[1]))
 
 
+def initial_vocab(special_tokens: list[str]) -> dict[str, int]:
+    """The first ids: the special tokens, then the 256 byte symbols in code-point order."""
+    vocab = {token: i for i, token in enumerate(special_tokens)}
+    for char in sorted(BYTE_TO_CHAR.values()):
+        vocab.setdefault(char, len(vocab))
+    return vocab
+
+
+def merge_everywhere(pair, new_id, words, counts, pair_counts, holders) -> Counter:
+    """Merge ``pair`` in every word that holds it, and move those words' pair counts from
+    before the merge to after it. Returns the new pair counts (zeros dropped)."""
+    for i in holders.pop(pair):
+        pair_counts.subtract({p: n * counts[i] for p, n in count_pairs(words[i]).items()})
+        words[i] = merge_pair(words[i], pair, new_id)
+        for p, n in count_pairs(words[i]).items():
+            pair_counts[p] += n * counts[i]
+            holders.setdefault(p, set()).add(i)
+    return +pair_counts  # unary + keeps the counts above 0
+
+
 def train_bpe(
     texts: Iterable[str],
     vocab_size: int = VOCAB_SIZE,
@@ -147,22 +167,17 @@ def train_bpe(
         a ``Tokenizer`` (vocab, merges in order, special tokens).
     """
     special_tokens = check_training_args(vocab_size, special_tokens)
-    # 1. Words and how often each occurs: the corpus is never looked at again.
+    # Words and how often each occurs: after this, the corpus is never read again.
     word_counts = Counter(w for text in checked_texts(texts) for w in pre_tokenize(text))
-    # 2. The first ids: special tokens, then the 256 byte symbols in code-point order.
-    vocab = {token: i for i, token in enumerate(special_tokens)}
-    for char in sorted(BYTE_TO_CHAR.values()):
-        vocab.setdefault(char, len(vocab))
+    vocab = initial_vocab(special_tokens)
     id_to_token = list(vocab)
-    words = [[vocab[char] for char in word] for word in word_counts]
+    words = [[vocab[char] for char in word] for word in word_counts]  # each word as ids
     counts = list(word_counts.values())
-    # 3. Pair counts over the corpus, and which words hold each pair.
-    pair_counts, holders = Counter(), {}
+    pair_counts, holders = Counter(), {}  # pair -> count in the corpus, -> words holding it
     for i, word in enumerate(words):
         for pair, n in count_pairs(word).items():
             pair_counts[pair] += n * counts[i]
             holders.setdefault(pair, set()).add(i)
-    # 4. Merge the best pair, update the counts of the words it touched, repeat.
     merges = []
     while len(vocab) < vocab_size and pair_counts:
         pair = best_pair(pair_counts)
@@ -171,13 +186,7 @@ def train_bpe(
             vocab[token] = len(id_to_token)
             id_to_token.append(token)
         merges.append((id_to_token[pair[0]], id_to_token[pair[1]]))
-        for i in holders.pop(pair):
-            pair_counts.subtract({p: n * counts[i] for p, n in count_pairs(words[i]).items()})
-            words[i] = merge_pair(words[i], pair, vocab[token])
-            for p, n in count_pairs(words[i]).items():
-                pair_counts[p] += n * counts[i]
-                holders.setdefault(p, set()).add(i)
-        pair_counts = +pair_counts  # drop the pairs whose count fell to 0
+        pair_counts = merge_everywhere(pair, vocab[token], words, counts, pair_counts, holders)
     return Tokenizer(vocab, merges, special_tokens)
 
 
