@@ -100,6 +100,15 @@ def test_a_wrong_tie_break_is_caught(monkeypatch):
     assert naive.get_merges(naive.train_bpe(texts)) != expected
 
 
+@pytest.mark.parametrize("twin", TWINS, ids=lambda t: t.__name__.split(".")[-1])
+def test_texts_may_be_a_stream(twin):
+    """A generator is read once, text by text, and teaches what the list teaches."""
+    texts = tokenizer_corpus()[:300]
+    expected = twin.get_merges(twin.train_bpe(texts, vocab_size=400))
+    assert len(expected) == 400 - len(SPECIAL_TOKENS) - 256
+    assert twin.get_merges(twin.train_bpe((t for t in texts), vocab_size=400)) == expected
+
+
 def test_a_tie_goes_to_the_smallest_ids_and_overlaps_count():
     """ "aaa" holds the pair (a, a) twice, so it outnumbers (b, c) 2 to 1 and goes first;
     after it, (b, c) and (a, b) tie at 1 and the pair of smaller ids, (a, b), wins."""
