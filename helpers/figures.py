@@ -576,7 +576,9 @@ def packed_mask(attention_mask: torch.Tensor, seq_lengths: Sequence[int], row: i
     document = torch.cat([document, torch.full((length - len(document),), -1)])  # -1: padding
     mask = mask.cpu()
     same = document[:, None] == document[None, :]
-    inside, across = int((mask & same).sum()), int((mask & ~same).sum())
+    real = (document >= 0)[:, None]  # queries that are tokens of a document
+    inside, across = int((mask & same & real).sum()), int((mask & ~same).sum())
+    padding = int((mask & same & ~real).sum())  # padding among itself: never in the loss
     fig = Figure(figsize=(6, 6), layout="constrained")
     ax = fig.add_subplot()
     ax.imshow(mask.numpy(), cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
@@ -590,6 +592,6 @@ def packed_mask(attention_mask: torch.Tensor, seq_lengths: Sequence[int], row: i
         xlabel="key (attended to)",
         ylabel="query (attending)",
         title=f"{len(lengths)} documents in {length} tokens\n{inside:,} pairs allowed inside "
-        f"documents, {across:,} across",
+        f"documents, {across:,} across" + (f" (padding: {padding:,} pairs)" if padding else ""),
     )
     return fig
