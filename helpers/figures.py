@@ -24,7 +24,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from helpers.checks import finite_tensor, whole_number
+from helpers.checks import finite_tensor, positive_number, whole_number
 
 DIVERGING = "RdBu_r"  # signed values: blue below zero, red above, white at zero
 
@@ -243,13 +243,20 @@ def gguf_superblock(weight: torch.Tensor, superblock: int = 0) -> Figure:
     from helpers.ggufq import naive as gguf
     from helpers.ggufq.kquant import QK_K, SUB
 
-    data = gguf.quantize_q4_k(weight)  # checks the weight; (rows, cols // 256 * 144)
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 2 or weight.shape[1] % QK_K:
+        got = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+        raise ValueError(
+            f"weight must be a matrix whose rows are whole super-blocks of {QK_K}, got {got}"
+        )
+    if not weight.is_floating_point():
+        raise TypeError(f"weight must be a float tensor, got {weight.dtype}")
+    superblock = whole_number(superblock, "superblock", 0, weight.numel() // QK_K - 1)
+    # each super-block is quantized on its own values alone: quantize just this one
+    values = weight.detach().reshape(-1, QK_K)[superblock].float().cpu()  # (256,)
+    block = gguf.quantize_q4_k(values[None])  # (1, 144); checks dtype and finiteness
     n_bytes = gguf.BYTES_PER_BLOCK["Q4_K"]
-    blocks = data.reshape(-1, n_bytes)
-    superblock = whole_number(superblock, "superblock", 0, blocks.shape[0] - 1)
-    part = _q4_k_parts(blocks[superblock])
-    values = weight.detach().float().reshape(-1, QK_K)[superblock].cpu()  # (256,)
-    back = gguf.dequantize_q4_k(blocks[superblock : superblock + 1]).reshape(-1)
+    part = _q4_k_parts(block[0])
+    back = gguf.dequantize_q4_k(block).reshape(-1)
     fig = Figure(figsize=(9, 9), layout="constrained")
     layout, vals, scales, codes = fig.subplots(4, 1, height_ratios=(0.6, 2, 1.4, 1.2))
     sub_blocks = QK_K // SUB
@@ -396,7 +403,9 @@ def _rank_tensors(rank_grads: Sequence, name: str | None) -> tuple[list[torch.Te
         raise ValueError("rank_grads must list the gradients of 2 or more ranks, one item a rank")
     if all(isinstance(g, Mapping) for g in rank_grads):
         keys = list(rank_grads[0])
-        name = keys[0] if name is None else name
+        if name is None:  # the first parameter with a gradient (LoRA's A has none while B = 0)
+            moving = [k for k in keys if any(bool(g[k].ne(0).any()) for g in rank_grads if k in g)]
+            name = (moving or keys)[0]
         missing = [r for r, g in enumerate(rank_grads) if name not in g]
         if missing:
             raise ValueError(
@@ -419,21 +428,27 @@ def _rank_tensors(rank_grads: Sequence, name: str | None) -> tuple[list[torch.Te
 
 
 def ddp_allreduce(
-    rank_grads: Sequence, name: str | None = None, reduced=None, op: str = "sum"
+    rank_grads: Sequence,
+    name: str | None = None,
+    reduced=None,
+    op: str = "sum",
+    rtol: float = 1e-4,
 ) -> Figure:
     """Each rank's gradient of one parameter, and the all-reduce that makes them equal.
 
     Args:
         rank_grads: per rank, ``{parameter name: gradient}`` (or the gradient tensor) computed
             on that rank's shard of the window, before any all-reduce.
-        name: the parameter to draw (default: the first).
+        name: the parameter to draw (default: the first whose gradient is not all zero).
         reduced: optionally, what the ranks held after their all-reduce (a dict as above, or
-            a tensor): drawn only if it equals the reduction of ``rank_grads``.
+            a tensor): drawn in place of the reduction computed here, and only if the two
+            agree, ``||reduced - reduction|| <= rtol * ||reduction||`` (summation order).
         op: "sum" (the naive DDP: each rank divided by the global token count already) or
             "mean" (torch's DDP and accelerate, which average over ranks).
 
     Returns:
-        The figure: one image per rank, then the all-reduced gradient, on one colour scale.
+        The figure: one image per rank, then the all-reduced gradient, on one colour scale
+        (a matrix taller than wide is drawn transposed, so that the rows of images stay wide).
     """
     if op not in ("sum", "mean"):
         raise ValueError(f"op must be 'sum' or 'mean', got {op!r}")
@@ -443,22 +458,27 @@ def ddp_allreduce(
     total = torch.stack(grads).sum(0) if op == "sum" else torch.stack(grads).mean(0)
     if reduced is not None:
         got = reduced[name] if isinstance(reduced, Mapping) else reduced
-        got = finite_tensor(got, "reduced").detach().float().cpu().reshape(total.shape)
-        if not torch.allclose(got, total, rtol=1e-4, atol=1e-6 * float(total.abs().max())):
+        got = finite_tensor(got, "reduced").detach().float().cpu()
+        if got.numel() != total.numel():
+            raise ValueError(f"reduced[{name!r}] has shape {tuple(got.shape)}, not {shape}")
+        got = got.reshape(total.shape)
+        gap = float((got - total).norm() / total.norm().clamp(min=1e-30))
+        if gap > positive_number(rtol, "rtol"):
             raise ValueError(
-                f"reduced[{name!r}] is not the {op} of rank_grads (largest "
-                f"difference {float((got - total).abs().max()):.3g})"
+                f"reduced[{name!r}] is not the {op} of rank_grads: relative difference "
+                f"{gap:.3g} > rtol={rtol:g}"
             )
         total = got
     fig = Figure(figsize=(9, 1.4 * (len(grads) + 1) + 0.6), layout="constrained")
     axes = fig.subplots(len(grads) + 1, 1, sharex=True)
     colours = _symmetric(*grads, total)
+    tall = grads[0].shape[0] > grads[0].shape[1]  # e.g. LoRA's B (out, r): drawn on its side
     for rank, (ax, g) in enumerate(zip(axes, [*grads, total], strict=True)):
-        ax.imshow(g.numpy(), aspect="auto", interpolation="nearest", **colours)
+        ax.imshow((g.T if tall else g).numpy(), aspect="auto", interpolation="nearest", **colours)
         what = f"rank {rank}: its own shard" if rank < len(grads) else f"all_reduce({op.upper()})"
         ax.set_title(f"{what}, norm {float(g.norm()):.4g}", fontsize=9, loc="left")
         ax.set_yticks([])
-    axes[-1].set_xlabel(f"{name} {shape}")
+    axes[-1].set_xlabel(f"{name} {shape}" + (", transposed" if tall else ""))
     fig.suptitle(
         f"{len(grads)} ranks, different gradients; after the all-reduce every rank "
         "holds the bottom one and takes the same step"

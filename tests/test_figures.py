@@ -180,10 +180,16 @@ def test_gguf_superblock_follows_the_weight(tiny_weights, draw):
 
 
 def test_gguf_superblock_refuses_rows_of_partial_super_blocks(tiny_weights):
-    with pytest.raises(ValueError, match="whole super-blocks of 256"):
+    with pytest.raises(ValueError, match="weight must be a matrix whose rows are whole super"):
         figures.gguf_superblock(tiny_weights["model.layers.0.mlp.down_proj.weight"])  # 640 cols
     with pytest.raises(ValueError, match="superblock must be an integer from 0 to 639"):
         figures.gguf_superblock(tiny_weights["model.layers.0.mlp.up_proj.weight"], 640)
+    with pytest.raises(TypeError, match="weight must be a float tensor, got torch.int8"):
+        figures.gguf_superblock(torch.zeros(2, 256, dtype=torch.int8))
+    nan = tiny_weights["model.layers.0.mlp.up_proj.weight"].clone()
+    nan[0, 3] = float("nan")
+    with pytest.raises(ValueError, match="weight holds 1 NaN or inf"):
+        figures.gguf_superblock(nan)
 
 
 # ---------------------------------------------------------------- GPTQ
@@ -279,10 +285,24 @@ def test_ddp_allreduce_draws_each_rank_and_their_sum(draw, world):
     np.testing.assert_allclose(bias.axes[-1].images[0].get_array(), mean[None].numpy())
 
 
+def test_ddp_allreduce_draws_by_default_the_first_gradient_that_is_not_zero(draw):
+    per_rank, _ = _rank_gradients()
+    frozen = [{"lora_A": torch.zeros(2, 16), **grads} for grads in per_rank]  # as A while B = 0
+    fig = draw(figures.ddp_allreduce, frozen)
+    assert np.array_equal(fig.axes[0].images[0].get_array(), per_rank[0]["weight"].numpy())
+    assert fig.axes[-1].get_xlabel() == "weight (6, 16)"
+    tall = draw(figures.ddp_allreduce, [{"lora_B": g["weight"].T} for g in per_rank])
+    assert np.array_equal(tall.axes[1].images[0].get_array(), per_rank[1]["weight"].numpy())
+    assert tall.axes[-1].get_xlabel() == "lora_B (16, 6), transposed"
+
+
 def test_ddp_allreduce_refuses_a_reduction_that_does_not_add_up():
     per_rank, full = _rank_gradients()
     with pytest.raises(ValueError, match="reduced\\['weight'\\] is not the sum of rank_grads"):
-        figures.ddp_allreduce(per_rank, "weight", reduced={"weight": 2 * full["weight"]})
+        figures.ddp_allreduce(per_rank, "weight", reduced={"weight": 1.01 * full["weight"]})
+    figures.ddp_allreduce(per_rank, "weight", reduced={"weight": 1.01 * full["weight"]}, rtol=0.02)
+    with pytest.raises(ValueError, match="reduced\\['weight'\\] has shape"):
+        figures.ddp_allreduce(per_rank, "weight", reduced={"weight": full["weight"][:2]})
     with pytest.raises(ValueError, match="2 or more ranks"):
         figures.ddp_allreduce(per_rank[:1])
     with pytest.raises(ValueError, match="name 'lora_A' is not in"):
