@@ -325,8 +325,8 @@ def gptq_feedback(
         result: the ``GPTQResult`` of ``helpers.gptq.naive.gptq_quantize(weight, h, ...)``.
 
     Returns:
-        float32 (out, in), columns in sweep order (``result.perm``): the update column i had
-        received from the columns rounded before it.
+        float32 (out, in) on the CPU, columns in sweep order (``result.perm``): the update
+        column i had received from the columns rounded before it.
     """
     from helpers.gptq import naive as gptq
 
@@ -337,25 +337,26 @@ def gptq_feedback(
         raise ValueError(
             f"result must be the GPTQResult of this weight {tuple(weight.shape)}, got {got}"
         )
-    perm = result.perm.cpu()
-    w, hh = weight.detach().float().cpu().clone(), h.detach().float().cpu().clone()
+    device = weight.device  # the solve runs where the layer is (a GPU for a large one)
+    perm = result.perm.to(device)
+    w, hh = weight.detach().float().clone(), h.detach().float().to(device).clone()
     dead = torch.diagonal(hh) == 0  # as gptq_quantize: dead inputs get weight 0
     hh[dead, dead], w[:, dead] = 1.0, 0.0
     w, hh = w[:, perm], hh[perm][:, perm]  # (out, in), (in, in) in sweep order
     u = gptq._inverse_cholesky(hh, percdamp)  # the factor the sweep used
-    q = result.weight.detach().float().cpu()[:, perm]
+    q = result.weight.detach().float().to(device)[:, perm]
     err = torch.linalg.solve_triangular(u, w - q, upper=True, left=False)  # W - Q = E U
     before = q + err * torch.diagonal(u)  # (out, in): each column as it was rounded
     group = perm // (weight.shape[1] // result.scale.shape[1])  # each column's grid
-    scale, zero = result.scale.cpu()[:, group], result.zero.cpu()[:, group]
+    scale, zero = result.scale.to(device)[:, group], result.zero.to(device)[:, group]
     codes = torch.clamp(torch.round(before / scale) + zero, 0, 2**bits - 1)
-    agree = (codes == result.codes.cpu()[:, perm].float()).float().mean().item()
+    agree = (codes == result.codes.to(device)[:, perm].float()).float().mean().item()
     if agree < 0.999:  # a rare tie may round the other way; a wrong input moves most codes
         raise ValueError(
             f"result does not come from this weight and h with bits={bits}, "
             f"percdamp={percdamp}: only {agree:.1%} of its codes are reproduced"
         )
-    return before - w
+    return (before - w).cpu()
 
 
 def gptq_sweep(
