@@ -225,6 +225,38 @@ def _q4_k_parts(block: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"d": halves[0], "dmin": halves[1], "scales": scales, "mins": mins, "codes": codes}
 
 
+def _draw_q4_k_bytes(ax, superblock: int) -> None:
+    """The bytes of one Q4_K super-block, part by part, as ggml's ``block_q4_K`` lays them out;
+    each part's size follows from the numbers it stores (fp16: 2 bytes; 16 six-bit numbers;
+    256 four-bit codes), checked against ``BYTES_PER_BLOCK``."""
+    from helpers.ggufq import naive as gguf
+    from helpers.ggufq.kquant import QK_K, SUB
+
+    n_bytes, sub_blocks = gguf.BYTES_PER_BLOCK["Q4_K"], QK_K // SUB
+    sizes = {
+        "d (fp16)": 2,
+        "dmin (fp16)": 2,
+        f"{sub_blocks} scales + {sub_blocks} mins, 6 bits": sub_blocks * 2 * 6 // 8,
+        f"{QK_K} codes, 4 bits": QK_K * 4 // 8,
+    }
+    if sum(sizes.values()) != n_bytes:  # the parts must add up to ggml's block size
+        raise RuntimeError(f"Q4_K parts {sizes} do not add up to {n_bytes} bytes")
+    start = 0
+    colours = ("tab:red", "tab:orange", "tab:green", "tab:blue")
+    for (name, size), colour in zip(sizes.items(), colours, strict=True):
+        ax.broken_barh([(start, size)], (0, 1), color=colour, label=f"{name}: {size} B")
+        start += size
+    ax.set(
+        xlim=(0, n_bytes),
+        ylim=(0, 1),
+        yticks=[],
+        xlabel="byte",
+        title=f"super-block {superblock}: {n_bytes} bytes for {QK_K} weights = "
+        f"{gguf.bits_per_weight('Q4_K'):g} bits per weight",
+    )
+    ax.legend(fontsize=7, ncols=4, loc="upper center", bbox_to_anchor=(0.5, -0.9))
+
+
 def gguf_superblock(weight: torch.Tensor, superblock: int = 0) -> Figure:
     """One Q4_K super-block of a weight (llama.cpp's 4-bit k-quant, chapter on deployment):
     its 256 values in 8 sub-blocks of 32, each sub-block's 6-bit scale and minimum, the
@@ -254,35 +286,12 @@ def gguf_superblock(weight: torch.Tensor, superblock: int = 0) -> Figure:
     # each super-block is quantized on its own values alone: quantize just this one
     values = weight.detach().reshape(-1, QK_K)[superblock].float().cpu()  # (256,)
     block = gguf.quantize_q4_k(values[None])  # (1, 144); checks dtype and finiteness
-    n_bytes = gguf.BYTES_PER_BLOCK["Q4_K"]
     part = _q4_k_parts(block[0])
     back = gguf.dequantize_q4_k(block).reshape(-1)
     fig = Figure(figsize=(9, 9), layout="constrained")
     layout, vals, scales, codes = fig.subplots(4, 1, height_ratios=(0.6, 2, 1.4, 1.2))
+    _draw_q4_k_bytes(layout, superblock)
     sub_blocks = QK_K // SUB
-    sizes = {
-        "d (fp16)": 2,
-        "dmin (fp16)": 2,
-        f"{sub_blocks} scales + {sub_blocks} mins, 6 bits": sub_blocks * 2 * 6 // 8,
-        f"{QK_K} codes, 4 bits": QK_K * 4 // 8,
-    }
-    if sum(sizes.values()) != n_bytes:  # the parts must add up to ggml's block size
-        raise RuntimeError(f"Q4_K parts {sizes} do not add up to {n_bytes} bytes")
-    start = 0
-    for (name, size), color in zip(
-        sizes.items(), ("tab:red", "tab:orange", "tab:green", "tab:blue"), strict=True
-    ):
-        layout.broken_barh([(start, size)], (0, 1), color=color, label=f"{name}: {size} B")
-        start += size
-    layout.set(
-        xlim=(0, n_bytes),
-        ylim=(0, 1),
-        yticks=[],
-        xlabel="byte",
-        title=f"super-block {superblock}: {n_bytes} bytes for {QK_K} weights = "
-        f"{gguf.bits_per_weight('Q4_K'):g} bits per weight",
-    )
-    layout.legend(fontsize=7, ncols=4, loc="upper center", bbox_to_anchor=(0.5, -0.9))
     index = torch.arange(QK_K).numpy()
     vals.scatter(index, values.numpy(), s=6, color="tab:blue", label="weight")
     vals.step(index, back.numpy(), where="mid", color="tab:red", lw=0.8, label="Q4_K gives back")
