@@ -303,7 +303,7 @@ class Budget:
 
 
 def measured_context(path=None) -> tuple[float, str] | None:
-    """The CUDA context ``python -m helpers.gpucheck`` measured, from ``data/gpu/measured.json``:
+    """The CUDA context ``python -m tools.gpucheck`` measured, from ``data/gpu/measured.json``:
     ``(GiB, "measured on <gpu>, <date>")``, or None when no measurement holds one."""
     import json
     from pathlib import Path
