@@ -21,19 +21,15 @@ from gguf import quants as gguf_quants
 
 from helpers.checks import finite_tensor
 
+from .blocks import BLOCK_SIZE as BLOCK_SIZE
 from .blocks import (
-    BLOCK_SIZE,
     BYTES_PER_BLOCK,
-    VALUES_PER_BLOCK,
     check_scales,
     check_weight,
     split_blocks,
 )
-from .naive import bits_per_weight
-
-__all__ = ["BLOCK_SIZE", "BYTES_PER_BLOCK", "VALUES_PER_BLOCK", "bits_per_weight"]
-__all__ += ["dequantize_q4_0", "dequantize_q4_k", "dequantize_q8_0", "llama_quantize"]
-__all__ += ["quantize_q4_0", "quantize_q4_k", "quantize_q8_0"]
+from .blocks import VALUES_PER_BLOCK as VALUES_PER_BLOCK
+from .naive import bits_per_weight as bits_per_weight
 
 
 def _quantize(weight: torch.Tensor, qtype: GGMLQuantizationType) -> torch.Tensor:

@@ -28,11 +28,7 @@ from .blocks import (
     check_weight,
     split_blocks,
 )
-from .kquant import quantize_q4_k
-
-__all__ = ["BLOCK_SIZE", "BYTES_PER_BLOCK", "VALUES_PER_BLOCK", "bits_per_weight"]
-__all__ += ["dequantize_q4_0", "dequantize_q4_k", "dequantize_q8_0"]
-__all__ += ["quantize_q4_0", "quantize_q4_k", "quantize_q8_0"]
+from .kquant import quantize_q4_k as quantize_q4_k
 
 
 def _blocks(weight: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,12 @@ import torch.nn.functional as F
 
 from helpers.data import IGNORE_INDEX
 
+# What both twins define, with the same signatures (tests/test_twin_contract.py).
+PUBLIC_NAMES = (
+    "pack",
+    "collate",
+)
+
 
 def padding_fraction(row_lengths: list[list[int]]) -> float:
     """The share of a run's token slots that are padding.
