@@ -27,9 +27,8 @@ import torch
 from transformers.loss.loss_utils import ForCausalLMLoss
 
 from helpers import checks, task
+from helpers.constants import IGNORE_INDEX
 from helpers.evaluation import naive
-
-IGNORE_INDEX = -100
 
 
 @torch.no_grad()

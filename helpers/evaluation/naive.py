@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from helpers import checks
+from helpers.constants import IGNORE_INDEX
+from helpers.task import parse_answer
 
-IGNORE_INDEX = -100  # a label that adds nothing (the convention of torch's cross_entropy)
 # Positions whose logits exist at once when scoring. Logits over a real vocabulary are the
 # largest tensor of an evaluation: 2,048 positions x 151,936 entries (Qwen2.5) in float32 are
 # 1.16 GiB, and log_softmax makes a second one. 256 positions are 148 MiB per float32 copy.
@@ -336,19 +337,6 @@ def check_mc(scores: list[float], choices: list[str], n_tokens) -> None:
         raise ValueError(f"n_tokens must all be >= 1, got {[int(n) for n in n_tokens]}")
 
 
-def _parse(text: str) -> dict | None:
-    """The first ``{...}`` span of a text as a JSON object, or None."""
-    start = text.find("{")
-    end = text.find("}", start + 1)
-    if start < 0 or end < 0:
-        return None
-    try:
-        value = json.loads(text[start : end + 1])
-    except json.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def parse_reference(text: str, index: int) -> dict:
     """A gold answer: a JSON object with the three fields."""
     try:
@@ -378,7 +366,7 @@ def task_scores(predictions: list[str], references: list[str]) -> dict[str, np.n
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
     rows = []
     for pred_text, gold_text in zip(predictions, references, strict=True):
-        gold, pred = parse_reference(gold_text, len(rows)), _parse(pred_text) or {}
+        gold, pred = parse_reference(gold_text, len(rows)), parse_answer(pred_text) or {}
         valid = all(isinstance(pred.get(f), str) for f in FIELDS)
         fields = {f: pred.get(f) == gold[f] for f in FIELDS}
         rows.append({"valid": valid, "exact": valid and all(fields.values()), **fields})
