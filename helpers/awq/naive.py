@@ -67,6 +67,7 @@ def search_grid(n_grid: int, duo_scaling: bool = False) -> list[tuple[float, boo
 def weight_means(weight: torch.Tensor, group_size: int) -> torch.Tensor:
     """Mean over rows of |W| normalised by each group's max: (in,)."""
     w = weight.abs().reshape(-1, group_size)  # (out * G, g)
+    # normalised |W| (out, in), averaged over the rows: (in,)
     return (w / (w.amax(1, keepdim=True) + 1e-6)).reshape(weight.shape).mean(0)
 
 
@@ -105,7 +106,7 @@ def awq_quantize(
     for ratio, duo in search_grid(n_grid, duo_scaling):
         s = grid_scales(x_mean, w_mean, ratio, duo)
         effective = rtn_quantize(w * s, bits, group_size) / s  # Q(W s) s^-1
-        errors.append(float(((x @ effective.T - reference) ** 2).mean()))
+        errors.append(float(((x @ effective.T - reference) ** 2).mean()))  # (n, out) outputs
         if not torch.isfinite(torch.tensor(errors[-1])):  # float32 overflow of huge inputs
             raise ValueError(
                 f"the output error at ratio {ratio} is {errors[-1]}: inputs or weight too "
@@ -142,6 +143,7 @@ def capture_inputs(model: torch.nn.Module, batches: Sequence[Sequence[int]], lay
     finally:
         hook.remove()
     # a NaN here comes from the model (NaN weights or an fp16 overflow): say where
+    # every sequence's (T, in) inputs, stacked: (n_tokens, in)
     return finite_tensor(torch.cat(seen).float().cpu(), f"the inputs of {layer!r}")
 
 
@@ -228,7 +230,7 @@ def _capture_blocks(model, batches, groups):
     finally:
         for hook in hooks:
             hook.remove()
-    return calls, {k: torch.cat(v).float() for k, v in inputs.items()}
+    return calls, {k: torch.cat(v).float() for k, v in inputs.items()}  # {smooth: (n_tokens, in)}
 
 
 @torch.no_grad()
