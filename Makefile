@@ -73,24 +73,24 @@ lock:
 
 # MODEL=build/shapes/t4 runs a GPU profile on a local model, e.g. a shape twin.
 course: $(STAMP)
-	$(if $(MODEL),COURSE_MODEL_DIR=$(MODEL)) $(BIN)/python -m helpers.course run --profile $(PROFILE)
+	$(if $(MODEL),COURSE_MODEL_DIR=$(MODEL)) $(BIN)/python -m tools.course run --profile $(PROFILE)
 
 test: $(STAMP)
 	rm -rf build/test-notebooks build/test-results.json
-	$(BIN)/python -m helpers.course prepare build/test-notebooks --profile tiny
+	$(BIN)/python -m tools.course prepare build/test-notebooks --profile tiny
 	$(TEST_ENV) $(BIN)/python -m pytest -p no:cacheprovider -m "not install" tests build/test-notebooks \
 		--nbval-lax --nbval-current-env --nbval-cell-timeout=600 \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg
-	$(TEST_ENV) $(BIN)/python -m helpers.memguard check
+	$(TEST_ENV) $(BIN)/python -m tools.memory_guard check
 
 # Each chapter's predicted GPU peak on every profile, from the tiny run `make test` recorded.
 .PHONY: memory
 memory: $(STAMP)
-	$(BIN)/python -m helpers.memguard table build/test-memguard.json
+	$(BIN)/python -m tools.memory_guard table build/test-memguard.json
 
 lint: $(STAMP)
-	$(BIN)/ruff check helpers solutions tests data chapters
-	$(BIN)/ruff format --check helpers solutions tests data
+	$(BIN)/ruff check helpers tools solutions tests data chapters
+	$(BIN)/ruff format --check helpers tools solutions tests data
 
 lab: $(STAMP)
 	$(BIN)/python -c "import jupyterlab" 2>/dev/null || $(BIN)/pip install -q -e ".[lab]"
@@ -117,24 +117,24 @@ clean:
 .PHONY: workshop-prepare workshop-check timetable workbook
 workshop-prepare: $(STAMP)
 	$(if $(DIR),,$(error DIR=... is required))
-	$(BIN)/python -m helpers.workshop prepare "$(DIR)" --profiles "$(or $(PROFILES),t4)" \
+	$(BIN)/python -m tools.workshop prepare "$(DIR)" --profiles "$(or $(PROFILES),t4)" \
 		$(if $(PLATFORM),--platform $(PLATFORM)) $(if $(PYTHON_VERSION),--python-version $(PYTHON_VERSION)) \
 		$(if $(WITH_TORCH),--with-torch)
 
 workshop-check: $(STAMP)
 	$(if $(DIR),,$(error DIR=... is required))
-	$(BIN)/python -m helpers.workshop check "$(DIR)"
+	$(BIN)/python -m tools.workshop check "$(DIR)"
 
 timetable: $(STAMP)
-	$(BIN)/python -m helpers.workshop timetable
+	$(BIN)/python -m tools.workshop timetable
 
 workbook: $(STAMP)
-	$(BIN)/python -m helpers.workbook sync
+	$(BIN)/python -m tools.workbook sync
 
 # The course website from the chapters' stored outputs (never executed): build/site/index.html.
 .PHONY: site site-check
 site: $(STAMP)
-	$(BIN)/python -m helpers.site build build/site
+	$(BIN)/python -m tools.website build build/site
 
 # The site in the system's headless Chromium: console errors, plots, links, badges.
 site-check: site
@@ -147,6 +147,6 @@ GPU_TIMEOUT ?= 400
 gpu-check:
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 \
 		HF_HUB_DISABLE_PROGRESS_BARS=1 PYTHONUNBUFFERED=1 \
-		$(GPU_PYTHON) -m helpers.gpucheck run --benchmark --timeout $(GPU_TIMEOUT) \
+		$(GPU_PYTHON) -m tools.gpucheck run --benchmark --timeout $(GPU_TIMEOUT) \
 		$(if $(JOBS),--jobs "$(JOBS)"); rc=$$?; \
-		if [ $$rc -le 1 ]; then $(GPU_PYTHON) -m helpers.gpucheck readme; fi; exit $$rc
+		if [ $$rc -le 1 ]; then $(GPU_PYTHON) -m tools.gpucheck readme; fi; exit $$rc

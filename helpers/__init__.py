@@ -1,9 +1,11 @@
 """Helpers for the course "Fine-tuning LLMs on a budget GPU".
 
-Each technique lives in a subpackage with two twins that share their public names:
-``naive.py`` (plain torch, written to be read) and ``library.py`` (bitsandbytes, peft,
-transformers, accelerate). The core modules (``hardware``, ``profiles``, ``data``, ``models``,
-``report``, ``doctor``) are what every chapter stands on.
+Each technique lives in a subpackage with two twins that share their public names (the
+package's ``PUBLIC_NAMES``): ``naive.py`` (plain torch, written to be read) and ``library.py``
+(bitsandbytes, peft, transformers, accelerate). The core modules (``hardware``, ``profiles``,
+``data``, ``models``, ``report``, ``doctor``) are what every chapter stands on. This package is
+all a chapter imports; the course's machinery (runner, workbook, website, memory guard, GPU
+check, workshop kit) lives in ``tools/`` and is never imported from here.
 
 Importing ``helpers`` sets torch's CPU thread count once for every chapter (see
 ``set_cpu_threads``).

@@ -24,12 +24,12 @@ from datasets import Dataset, DatasetInfo
 from transformers import PreTrainedTokenizerBase
 
 from helpers.checks import whole_number
+from helpers.constants import IGNORE_INDEX  # chapters import it from here too
 from helpers.paths import TASK_DIR
 from helpers.task import format_prompt
 
 REQUIRED_FIELDS = ("prompt", "completion")
 ROLES = ("system", "user", "assistant")
-IGNORE_INDEX = -100  # labels with this value add nothing to the loss (torch cross_entropy)
 # Files that are not text, by their first bytes: what to tell the learner.
 SIGNATURES = {
     b"PK\x03\x04": "a zip archive",

@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-GIB = 1024**3
+from helpers.constants import GIB
+
 # PyTorch's CUDA 12.6 wheels still carry sm_60 kernels (a P100); its 12.8+ builds do not.
 CU126_INDEX = "https://download.pytorch.org/whl/cu126"
 
@@ -303,7 +304,7 @@ class Budget:
 
 
 def measured_context(path=None) -> tuple[float, str] | None:
-    """The CUDA context ``python -m helpers.gpucheck`` measured, from ``data/gpu/measured.json``:
+    """The CUDA context ``python -m tools.gpucheck`` measured, from ``data/gpu/measured.json``:
     ``(GiB, "measured on <gpu>, <date>")``, or None when no measurement holds one."""
     import json
     from pathlib import Path

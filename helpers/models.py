@@ -169,7 +169,7 @@ def load_model(
         raise _unavailable(profile, err) from err
     tokenizer = load_tokenizer(profile)
     model.eval()
-    # For the memory guard (helpers.memguard): a load at the profile's own precision (4-bit on
-    # the GPU profiles) as opposed to an explicit unquantized one.
+    # For the memory guard's record (helpers.memory.resident): a load at the profile's own
+    # precision (4-bit on the GPU profiles) as opposed to an explicit unquantized one.
     model.course_follows_profile = load_in_4bit is None
     return model, tokenizer

@@ -5,11 +5,11 @@ plain Python: it finds the course (a clone around the notebook, else an installe
 copy fetched at the pinned ``COURSE_COMMIT`` beside the notebook), imports ``helpers`` from that
 folder only, then calls ``prepare()`` here, which installs what Colab or Kaggle lacks or has too
 old (never replacing torch), installs the chapter's extras (``CHAPTER_EXTRAS``) and checks that
-torch can use the GPU. ``python -m helpers.notebook sync`` writes the set-up cell
-(``setup_cell``) into every chapter, the launch badges into each first markdown cell and a
-``P100_FIX`` line into each parameters cell, then regenerates ``workbook/`` from the chapters
-(``helpers.workbook``); a test checks that every chapter is in sync. ``python -m
-helpers.notebook pin`` pins a release's commit (or repoints a fork), then syncs.
+torch can use the GPU. The course's maintainers write this cell into every chapter with
+``python -m tools.release sync`` and pin a release's commit with ``python -m tools.release pin``
+(the course's machinery, outside the package learners import).
+
+    python -m helpers.notebook install-extras deploy   # what the set-up cell installs (Binder)
 """
 
 from __future__ import annotations
@@ -22,15 +22,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from helpers.paths import CHAPTERS_DIR, PACKAGE_DIR, REPO_ROOT
+from helpers.paths import PACKAGE_DIR, REPO_ROOT
 
 # The one place that says where the course lives and which version a notebook fetches: the
-# set-up cell, every launch badge (chapters, workbook/, README) and the website (site/conf.py,
-# helpers/site.py) derive from these. The badges open COURSE_REF (a tag); the set-up cell fetches
-# COURSE_COMMIT, the full commit of that release's code, and checks what it got, so a tag moved
-# later changes nothing. A release: commit, `python -m helpers.notebook pin` (writes HEAD's
-# commit here and syncs every chapter, the workbook and README's badges), commit that, tag it
-# COURSE_REF, push both. A fork: `python -m helpers.notebook pin --repo URL --ref TAG`, the same.
+# set-up cell, every launch badge (chapters, workbook/, README: tools/badges.py) and the website
+# (site/conf.py, tools/website.py) derive from these. The badges open COURSE_REF (a tag); the
+# set-up cell fetches COURSE_COMMIT, the full commit of that release's code, and checks what it
+# got, so a tag moved later changes nothing. A release: commit, `python -m tools.release pin`
+# (writes HEAD's commit here and syncs every chapter, the workbook and README's badges), commit
+# that, tag it COURSE_REF, push both. A fork: `python -m tools.release pin --repo URL --ref TAG`.
 COURSE_REPO_URL = "https://github.com/budget-finetuning/course"
 COURSE_REF = "v0.1.0"  # the tag the badges and the website open
 COURSE_COMMIT = "5fc63c37b2117ea5f2030e483da58b1f59694154"  # the commit the set-up cell fetches
@@ -40,18 +40,6 @@ if not COURSE_REPO_URL.startswith(_GITHUB) or COURSE_REPO_URL.count("/") != 4:
     raise ValueError(f"COURSE_REPO_URL={COURSE_REPO_URL!r}: expected https://github.com/OWNER/NAME")
 if not re.fullmatch(r"[0-9a-f]{40}", COURSE_COMMIT):
     raise ValueError(f"COURSE_COMMIT={COURSE_COMMIT!r}: expected a full 40-hex commit id")
-REPO_SLUG = COURSE_REPO_URL.removeprefix(_GITHUB)  # "owner/name", as Colab and Binder want it
-BINDER_URL = f"https://mybinder.org/v2/gh/{REPO_SLUG}/{COURSE_REF}"
-# Badge images, as each service publishes them.
-BADGE_IMAGES = {
-    "colab": ("Open in Colab", "https://colab.research.google.com/assets/colab-badge.svg"),
-    "kaggle": ("Open in Kaggle", "https://kaggle.com/static/images/open-in-kaggle.svg"),
-    "binder": ("Open in Binder", "https://mybinder.org/badge_logo.svg"),
-}
-# Kaggle's import link (kaggle.com/kernels/welcome?src=...) documents no accelerator parameter;
-# the accelerator IDs Kaggle documents ("NvidiaTeslaT4" = GPU T4 x2) belong to `kaggle kernels
-# push` (kernel-metadata.json's machine_shape), not to this link. So the badge cannot preselect
-# the T4: a learner picks Settings > Accelerator > "GPU T4 x2" after opening the notebook.
 # What a Colab or Kaggle image may lack or have too old; the set-up cell installs them at the
 # versions `make test` installs (requirements.lock, written by `make lock`). torch is never
 # installed or upgraded here.
@@ -103,7 +91,6 @@ LLAMA_BUILD_TIME = "about 10 CPU-minutes"
 # Why each package of an extra could not be installed in this kernel: {name: one sentence}.
 _INSTALL_FAILURES: dict[str, str] = {}
 NETWORK_ERRORS = ("resolve host", "name resolution", "NewConnectionError", "Network is unreachable")
-P100_FIX_LINE = "P100_FIX = False  # True on a Kaggle P100: install torch's cu126 build (sm_60)"
 
 # The set-up cell's text; {braces} are filled by setup_cell() (doubled ones are the cell's own).
 _SETUP_TEMPLATE = '''\
@@ -533,200 +520,23 @@ def prepare(root: str | Path, p100_fix: bool = False, extras: tuple[str, ...] = 
     cap_gpu_memory()
 
 
-def setup_cells(nb) -> list:
-    """The code cells tagged ``setup`` in a notebook."""
-    return [
-        c
-        for c in nb.cells
-        if c.cell_type == "code" and "setup" in c.get("metadata", {}).get("tags", [])
-    ]
-
-
-def badge_urls(chapter: str, folder: str = "chapters") -> dict[str, str]:
-    """Where each launch badge of a notebook points, from COURSE_REPO_URL and COURSE_REF.
-
-    Args:
-        chapter: the notebook's file name, e.g. ``"02_lora.ipynb"``.
-        folder: the folder that holds it in the repository, ``"chapters"`` or ``"workbook"``.
-    Returns:
-        ``{"colab": url, "kaggle": url, "binder": url}``, each opening ``folder/chapter`` at
-        COURSE_REF.
-    Raises:
-        ValueError: ``chapter`` is not a bare ``.ipynb`` file name, or ``folder`` is empty.
-    """
-    if "/" in chapter or not chapter.endswith(".ipynb") or not folder.strip("/"):
-        raise ValueError(
-            f"badge_urls(chapter={chapter!r}, folder={folder!r}): expected a notebook file name "
-            "such as '02_lora.ipynb' and a folder such as 'chapters'"
-        )
-    nb_path = f"{folder.strip('/')}/{chapter}"
-    return {
-        "colab": f"https://colab.research.google.com/github/{REPO_SLUG}/blob/{COURSE_REF}/{nb_path}",
-        "kaggle": f"https://kaggle.com/kernels/welcome?src={COURSE_REPO_URL}/blob/{COURSE_REF}/{nb_path}",
-        "binder": f"{BINDER_URL}?labpath={nb_path}",
-    }
-
-
-def badges(chapter: str, folder: str = "chapters") -> str:
-    """The launch badges (Colab, Kaggle, Binder) for a notebook, as one markdown line.
-
-    Args:
-        chapter: the notebook's file name, e.g. ``"02_lora.ipynb"``.
-        folder: the folder that holds it, ``"chapters"`` or ``"workbook"``.
-    """
-    urls = badge_urls(chapter, folder)
-    return " ".join(f"[![{BADGE_IMAGES[k][0]}]({BADGE_IMAGES[k][1]})]({urls[k]})" for k in urls)
-
-
-def _sync_badges(nb, chapter: str) -> bool:
-    """Put the badge line right under the first markdown cell's title; True if it changed."""
-    cell = next(c for c in nb.cells if c.cell_type == "markdown")
-    lines = [line for line in cell.source.split("\n") if "[![Open in Colab]" not in line]
-    while len(lines) > 1 and lines[1] == "":
-        lines.pop(1)  # the blank lines around the old badge line
-    new = "\n".join([lines[0], "", badges(chapter), "", *lines[1:]])
-    changed, cell.source = new != cell.source, new
-    return changed
-
-
-def _sync_p100_line(nb) -> bool:
-    """Add the ``P100_FIX`` parameter to the parameters cell when it lacks one."""
-    cell = next(c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", []))
-    if re.search(r"^P100_FIX\s*=", cell.source, flags=re.M):
-        return False
-    cell.source = cell.source.rstrip("\n") + "\n" + P100_FIX_LINE
-    return True
-
-
-# A course launch link in the README, whatever repository and ref it names: (prefix, rest).
-_LAUNCH_LINK = re.compile(
-    r"(https://colab\.research\.google\.com/github/|https://kaggle\.com/kernels/welcome\?src="
-    r"https://github\.com/)[\w.-]+/[\w.-]+/blob/[^/\s)]+/|https://mybinder\.org/v2/gh/"
-    r"[\w.-]+/[\w.-]+/[^?\s)/]+"
-)
-
-
-def sync_readme(path: Path | None = None) -> bool:
-    """Point every launch badge in README.md at COURSE_REPO_URL and COURSE_REF; True if changed."""
-    path = Path(path or PACKAGE_DIR.parent / "README.md")
-    if not path.is_file():
-        return False
-
-    def current(match: re.Match) -> str:
-        if match.group(1) is None:  # Binder's link
-            return BINDER_URL
-        return f"{match.group(1)}{REPO_SLUG}/blob/{COURSE_REF}/"
-
-    text = path.read_text(encoding="utf-8")
-    new = _LAUNCH_LINK.sub(current, text)
-    if new != text:
-        path.write_text(new, encoding="utf-8")
-    return new != text
-
-
-def sync(paths=None) -> list[str]:
-    """Write the set-up cell (``setup_cell``), the badges and the P100_FIX parameter into each
-    chapter (all of them by default, then README.md's badges too).
-
-    Returns:
-        The chapters changed.
-    Raises:
-        ValueError: a chapter without exactly one code cell tagged ``setup``.
-    """
-    import nbformat
-
-    changed = []
-    if paths is None and sync_readme():
-        changed.append(str(PACKAGE_DIR.parent / "README.md"))
-    for path in paths or sorted(CHAPTERS_DIR.glob("[0-9][0-9]_*.ipynb")):
-        nb = nbformat.read(path, as_version=4)
-        cells = setup_cells(nb)
-        if len(cells) != 1:
-            raise ValueError(f"{path}: expected one code cell tagged 'setup', found {len(cells)}")
-        dirty = _sync_badges(nb, Path(path).name) | _sync_p100_line(nb)
-        cell = setup_cell(Path(path).stem)
-        if cells[0].source != cell:
-            cells[0].source, cells[0].outputs, dirty = cell, [], True
-        if dirty:
-            nbformat.write(nb, path)
-            changed.append(str(path))
-    return changed
-
-
-def pin(commit: str | None = None, repo: str | None = None, ref: str | None = None) -> str:
-    """Write the commit the set-up cell fetches (and, for a fork, the repository and the tag)
-    into this file, then sync every chapter and the workbook in a fresh process.
-
-    Args:
-        commit: a full commit id; default this clone's HEAD, refused while tracked files have
-            uncommitted changes (the pinned commit must hold the code the set-up cell runs).
-        repo: a new ``COURSE_REPO_URL`` (``https://github.com/OWNER/NAME``), for a fork.
-        ref: a new ``COURSE_REF``: the tag the badges and the website open.
-    Returns:
-        The commit pinned.
-    Raises:
-        ValueError: a commit that is not a full id, or a repository URL that is not GitHub's.
-        RuntimeError: uncommitted changes, or git could not read HEAD.
-    """
-    git = ["git", "-C", str(PACKAGE_DIR.parent)]
-    if commit is None:
-        dirty = subprocess.run(
-            [*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
-        )
-        if dirty.returncode or dirty.stdout.strip():
-            raise RuntimeError(f"commit first: {dirty.stdout.strip() or dirty.stderr.strip()}")
-        commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True)
-        if commit.returncode:
-            raise RuntimeError(f"git rev-parse HEAD: {commit.stderr.strip()}")
-        commit = commit.stdout.strip()
-    if not re.fullmatch(r"[0-9a-f]{40}", commit):
-        raise ValueError(f"commit {commit!r}: expected a full 40-hex commit id")
-    if repo is not None and not re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+", repo):
-        raise ValueError(f"repo {repo!r}: expected https://github.com/OWNER/NAME")
-    source = Path(__file__).read_text()
-    for name, value in (("COURSE_COMMIT", commit), ("COURSE_REPO_URL", repo), ("COURSE_REF", ref)):
-        if value is not None:
-            source = re.sub(
-                rf'^{name} = "[^"]*"', f'{name} = "{value}"', source, count=1, flags=re.M
-            )
-    Path(__file__).write_text(source)
-    subprocess.run(
-        [sys.executable, "-m", "helpers.notebook", "sync"], check=True, cwd=PACKAGE_DIR.parent
-    )
-    return commit
-
-
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m helpers.notebook")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("sync", help="write the set-up cell, badges and P100_FIX into every chapter")
-    p_pin = sub.add_parser("pin", help="pin the commit the set-up cell fetches, then sync")
-    p_pin.add_argument("--commit", help="a full commit id (default: HEAD, which must be clean)")
-    p_pin.add_argument("--repo", help="a fork's https://github.com/OWNER/NAME")
-    p_pin.add_argument("--ref", help="the tag the badges and the website open")
     p_extras = sub.add_parser(
         "install-extras", help="install extras as the set-up cell does (Binder's postBuild)"
     )
     p_extras.add_argument("extras", nargs="+", help="pyproject.toml extras, e.g. deploy")
     args = parser.parse_args(argv)
-    if args.command == "install-extras":
-        try:
-            failed = install_extras(tuple(args.extras))
-        except ValueError as error:
-            parser.error(str(error))
-        for name, why in failed.items():
-            print(f"{name} was not installed: {why}", file=sys.stderr)
-        return 1 if failed else 0
-    if args.command == "pin":
-        print(f"pinned {pin(args.commit, args.repo, args.ref)}")
-        return 0
-    print("\n".join(sync()) or "every chapter's set-up cell is up to date")
-    from helpers import workbook  # the workbook copies follow the chapters they were made from
-
-    print("\n".join(workbook.sync()) or "every workbook notebook is up to date")
-    return 0
+    try:
+        failed = install_extras(tuple(args.extras))
+    except ValueError as error:
+        parser.error(str(error))
+    for name, why in failed.items():
+        print(f"{name} was not installed: {why}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -152,6 +152,28 @@ class Profile:
         return asdict(self)
 
 
+# The T4 profile; t4x2, p100 and gpu-bf16 are it with the fields that differ replaced.
+_T4 = Profile(
+    name="t4",
+    model_id="Qwen/Qwen2.5-1.5B-Instruct",
+    revision=REVISIONS["Qwen/Qwen2.5-1.5B-Instruct"],
+    compute_dtype="float16",
+    load_in_4bit=True,
+    max_seq_len=512,
+    micro_batch_size=2,
+    grad_accum_steps=8,
+    max_steps=100,
+    lr=2e-4,
+    lora_r=16,
+    lora_alpha=32,
+    target_modules=ALL_LINEAR,
+    eval_examples=200,
+    gradient_checkpointing=True,
+    min_gpu_memory_gb=12.0,
+    # A T4 (compute capability 7.5) has no native bf16: fp16 compute with loss scaling.
+    description="1.5B model, 4-bit NF4 base, fp16 compute: a free Colab or Kaggle T4",
+)
+
 PROFILES: dict[str, Profile] = {
     p.name: p
     for p in [
@@ -193,44 +215,12 @@ PROFILES: dict[str, Profile] = {
             min_gpu_memory_gb=3.5,
             description="0.5B model, 4-bit base, fp16, checkpointing: a 4 GB GTX 1650-class card",
         ),
-        Profile(
-            name="t4",
-            model_id="Qwen/Qwen2.5-1.5B-Instruct",
-            revision=REVISIONS["Qwen/Qwen2.5-1.5B-Instruct"],
-            compute_dtype="float16",
-            load_in_4bit=True,
-            max_seq_len=512,
-            micro_batch_size=2,
-            grad_accum_steps=8,
-            max_steps=100,
-            lr=2e-4,
-            lora_r=16,
-            lora_alpha=32,
-            target_modules=ALL_LINEAR,
-            eval_examples=200,
-            gradient_checkpointing=True,
-            min_gpu_memory_gb=12.0,
-            # A T4 (compute capability 7.5) has no native bf16: fp16 compute with loss scaling.
-            description="1.5B model, 4-bit NF4 base, fp16 compute: a free Colab or Kaggle T4",
-        ),
-        Profile(
+        _T4,
+        replace(
+            _T4,
             name="t4x2",
-            model_id="Qwen/Qwen2.5-1.5B-Instruct",
-            revision=REVISIONS["Qwen/Qwen2.5-1.5B-Instruct"],
-            compute_dtype="float16",
-            load_in_4bit=True,
-            max_seq_len=512,
-            micro_batch_size=2,
             # per process: 2 x 4 micro-batches x 2 GPUs = 16 sequences a step, as t4's 2 x 8
             grad_accum_steps=4,
-            max_steps=100,
-            lr=2e-4,
-            lora_r=16,
-            lora_alpha=32,
-            target_modules=ALL_LINEAR,
-            eval_examples=200,
-            gradient_checkpointing=True,
-            min_gpu_memory_gb=12.0,
             description="t4 on Kaggle's two T4s: one process per GPU, half the accumulation each",
         ),
         Profile(
@@ -252,23 +242,9 @@ PROFILES: dict[str, Profile] = {
             min_gpu_memory_gb=12.0,
             description="7.6B model, QLoRA with checkpointing, micro-batch 1: a T4's 15 GB",
         ),
-        Profile(
+        replace(
+            _T4,
             name="p100",
-            model_id="Qwen/Qwen2.5-1.5B-Instruct",
-            revision=REVISIONS["Qwen/Qwen2.5-1.5B-Instruct"],
-            compute_dtype="float16",
-            load_in_4bit=True,
-            max_seq_len=512,
-            micro_batch_size=2,
-            grad_accum_steps=8,
-            max_steps=100,
-            lr=2e-4,
-            lora_r=16,
-            lora_alpha=32,
-            target_modules=ALL_LINEAR,
-            eval_examples=200,
-            gradient_checkpointing=True,
-            min_gpu_memory_gb=12.0,
             # A P100 (compute capability 6.0) has no tensor cores: its fp16 runs on CUDA cores at
             # twice its fp32 rate, 18.7 TFLOPS peak against a T4's 65 on tensor cores (NVIDIA's
             # data sheets), so expect slower steps than on a T4. LLM.int8 needs 7.5: chapters
@@ -276,23 +252,10 @@ PROFILES: dict[str, Profile] = {
             # ships sm_60), and so does torch's cu126 build, which the set-up cell can install.
             description="as t4, on a Kaggle P100 (16 GB, fp16 without tensor cores, no LLM.int8)",
         ),
-        Profile(
+        replace(
+            _T4,
             name="gpu-bf16",
-            model_id="Qwen/Qwen2.5-1.5B-Instruct",
-            revision=REVISIONS["Qwen/Qwen2.5-1.5B-Instruct"],
             compute_dtype="bfloat16",
-            load_in_4bit=True,
-            max_seq_len=512,
-            micro_batch_size=2,
-            grad_accum_steps=8,
-            max_steps=100,
-            lr=2e-4,
-            lora_r=16,
-            lora_alpha=32,
-            target_modules=ALL_LINEAR,
-            eval_examples=200,
-            gradient_checkpointing=True,
-            min_gpu_memory_gb=12.0,
             description="as t4, in bf16, for GPUs with native bf16 (Ampere or newer, 12+ GB)",
         ),
     ]

@@ -35,7 +35,7 @@ def set_chapter(stem: str, unsupported: dict[str, str] | None = None) -> None:
     """Name the chapter whose numbers the following ``record`` calls store.
 
     With ``$COURSE_MEMGUARD`` set (the test suite sets it), also start the memory guard's
-    per-cell record of this chapter (``helpers.memguard``).
+    per-cell record of this chapter (``helpers.memory.resident``).
 
     Args:
         stem: the chapter's file name without ``.ipynb``, e.g. ``"02_lora"``.
@@ -45,9 +45,9 @@ def set_chapter(stem: str, unsupported: dict[str, str] | None = None) -> None:
     global _chapter
     _chapter = stem
     if os.environ.get("COURSE_MEMGUARD"):
-        from helpers import memguard
+        from helpers.memory import resident
 
-        memguard.start(stem, unsupported)
+        resident.start(stem, unsupported)
 
 
 def load_results(path: Path | None = None) -> dict:

@@ -1,4 +1,4 @@
-"""Sphinx settings for the course website; `make site` (python -m helpers.site build) uses them.
+"""Sphinx settings for the course website; `make site` (python -m tools.website build) uses them.
 
 The source folder is generated: a home page made from README.md and a copy of chapters/.
 Notebooks are rendered with the outputs stored in them and are never executed. Everything the
@@ -46,6 +46,6 @@ html_theme_options = {
     "show_toc_level": 2,
     "navigation_with_keys": False,
 }
-# site/_static/course.css: wide code, outputs and tables scroll inside their box (helpers/site.py).
+# site/_static/course.css: wide code, outputs and tables scroll inside their box (tools/website.py).
 html_static_path = ["_static"]
 html_css_files = ["course.css"]

@@ -183,8 +183,3 @@ def test_awq_model_folds_into_v_and_its_bias_without_gqa():
     ids = torch.tensor([batches[0]])
     with torch.no_grad():
         assert (folded(ids).logits - model(ids).logits).abs().max() < 1e-3
-
-
-def test_same_public_names_except_the_per_layer_search():
-    expected = set(naive.__all__) - {"awq_quantize", "smoothing_groups"} | {"scale_tolerance"}
-    assert set(library.__all__) == expected

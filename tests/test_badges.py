@@ -9,9 +9,10 @@ from urllib.parse import parse_qs, urlparse
 import nbformat
 import pytest
 
-from helpers.notebook import COURSE_REF, REPO_SLUG, badge_urls
+from helpers.notebook import COURSE_REF
 from helpers.paths import CHAPTERS_DIR, PACKAGE_DIR
-from helpers.workbook import WORKBOOK_DIR, chapter_paths
+from tools.badges import REPO_SLUG, badge_urls
+from tools.workbook import WORKBOOK_DIR, chapter_paths
 
 README = PACKAGE_DIR.parent / "README.md"
 # A badge is a linked image: [![alt](image)](target)

@@ -17,8 +17,8 @@ import time
 import pytest
 import torch
 
-from helpers.memguard import CARD_GIB
 from helpers.paths import CHAPTERS_DIR
+from tools.memory_guard import CARD_GIB
 
 pytestmark = [
     pytest.mark.gpu,

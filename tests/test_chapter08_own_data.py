@@ -12,13 +12,13 @@ import json
 
 import nbformat
 
-from helpers.course import execute
 from helpers.data import load_jsonl
 from helpers.models import load_model
 from helpers.paths import CHAPTERS_DIR, DATA_DIR
 from helpers.profiles import get_profile
 from helpers.report import load_results
 from helpers.sft import byod
+from tools.course import execute
 
 ORDERS_STEPS = 150  # data/orders/DATA_CARD.md: every field passes its majority rate by then
 MARGIN = 0.1  # accuracy above the majority rate that counts as learned (50 items: 5 answers)

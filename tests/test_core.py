@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from helpers import report
-from helpers.course import chapters, check_parameters
 from helpers.exercises import ExerciseFailed, check
 from helpers.models import (
     ModelTooLargeError,
@@ -18,8 +17,10 @@ from helpers.models import (
     check_fits_unquantized,
     load_model,
 )
-from helpers.notebook import setup_cell, setup_cells
+from helpers.notebook import setup_cell
 from helpers.profiles import get_profile
+from tools.course import chapters, check_parameters
+from tools.release import setup_cells
 
 
 def test_tiny_model_loads_offline_and_is_small(tiny_profile):
@@ -116,7 +117,7 @@ def test_every_chapter_follows_the_notebook_rules():
         assert len(tagged) == 1 and 'PROFILE = "auto"' in tagged[0].source, path
         cells = setup_cells(nb)
         assert len(cells) == 1 and cells[0].source == setup_cell(path.stem), (
-            f"{path}: run `python -m helpers.notebook sync`"
+            f"{path}: run `python -m tools.release sync`"
         )
         errors = [
             o

@@ -24,7 +24,7 @@ CELL = (
 RUN = """
 import sys
 import papermill
-from helpers import course
+from tools import course
 kwargs = {} if sys.argv[3] == "default" else {"kernel_manager_class": course.kernel_manager_class()}
 papermill.execute_notebook(sys.argv[1], sys.argv[2], kernel_name="python3", progress_bar=False,
                            cwd=sys.argv[4], **kwargs)

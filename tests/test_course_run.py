@@ -7,7 +7,7 @@ import papermill
 import pytest
 import torch
 
-from helpers.course import KERNEL, failure_cause, profile_label
+from tools.course import KERNEL, failure_cause, profile_label
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="auto picks tiny only without a GPU")

@@ -188,7 +188,7 @@ def test_real_wheels_install_offline_and_the_gptq_library_twin_runs(tmp_path):
 
 
 def test_the_workshop_wheelhouse_holds_the_extras_and_llm_compressor_without_its_deps(tmp_path):
-    from helpers.workshop.wheels import COURSE_EXTRAS, prepare_wheelhouse, requirements
+    from tools.workshop.wheels import COURSE_EXTRAS, prepare_wheelhouse, requirements
 
     reqs = requirements(list(COURSE_EXTRAS), False)
     for wanted in ("compressed-tensors", "gguf", "loguru", "trl", "trackio", "lm-eval"):

@@ -21,9 +21,10 @@ import time
 import pytest
 import torch
 
+from helpers.constants import GIB
+
 pytestmark = pytest.mark.gpu
 
-GIB = 1024**3
 # Shapes from the models' config.json on the Hugging Face hub (Qwen2.5 series).
 QWEN25 = {
     "Qwen/Qwen2.5-0.5B-Instruct": dict(

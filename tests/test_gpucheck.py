@@ -1,4 +1,4 @@
-"""``helpers.gpucheck`` without a GPU: job parsing, the per-cell hook, run summaries, the
+"""``tools.gpucheck`` without a GPU: job parsing, the per-cell hook, run summaries, the
 measured.json writer, the README generator, the budgets and the no-CUDA exit; the benchmark's
 two loops on the tiny model (CPU, fp32). The GPU run itself is ``make gpu-check``."""
 
@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from helpers import hardware
-from helpers.gpucheck import __main__ as cli
-from helpers.gpucheck import benchmark, readme, runner, summary
-from helpers.gpucheck.jobs import CLAIMS, default_jobs, parameters, parse_jobs
 from helpers.paths import TINY_MODEL_DIR
+from tools.gpucheck import __main__ as cli
+from tools.gpucheck import benchmark, readme, runner, summary
+from tools.gpucheck.jobs import CLAIMS, default_jobs, parameters, parse_jobs
 
 
 def test_parse_jobs_pairs_all_and_default():
@@ -152,7 +152,7 @@ def test_benchmark_loops_train_on_the_tiny_model(loop, monkeypatch):
 
 @pytest.mark.gpu
 def test_cuda_context_is_measured():
-    from helpers.gpucheck import cuda
+    from tools.gpucheck import cuda
 
     context = cuda.measure_context()
     assert context is not None and 0.05 < context < 2.0
@@ -174,7 +174,7 @@ def test_readme_shows_the_benchmark_beside_unsloth():
 
 
 def test_a_rerun_row_names_its_commit_and_is_looked_up_at_it(monkeypatch):
-    from helpers.gpucheck import measured
+    from tools.gpucheck import measured
 
     doc = _doc([])
     doc["commit"] = "aaaaaaa"

@@ -10,7 +10,6 @@ of different shapes); without it they differ by that term, measured below.
 
 from __future__ import annotations
 
-import inspect
 import json
 
 import pytest
@@ -19,7 +18,6 @@ from peft import LoraConfig, get_peft_model
 
 from helpers.evaluation import naive as chapter05
 from helpers.harness import (
-    PUBLIC_NAMES,
     library,
     naive,
     read_generation,
@@ -73,13 +71,6 @@ def _newline_terms(model, tokenizer, path, limit) -> list[float]:
         logprob, _ = chapter05.score_choices(model, head, [newline])
         terms.append(float(logprob[0]))
     return terms
-
-
-def test_twins_share_public_names_and_arguments():
-    for name in PUBLIC_NAMES:
-        a, b = getattr(naive, name), getattr(library, name)
-        assert inspect.signature(a).parameters.keys() == inspect.signature(b).parameters.keys()
-    assert set(naive.__all__) == set(library.__all__) == set(PUBLIC_NAMES)
 
 
 @pytest.mark.parametrize("path", MC_FILES, ids=["task", "orders"])

@@ -1,7 +1,7 @@
 """Every way into the course names one repository and one release: the launch badges (README,
 chapters, workbook), the website's repository button and links, and the set-up cell; the set-up
 cell's pinned commit is in this repository's history. A fork repoints all of them with one
-command (`python -m helpers.notebook pin --repo ... --ref ...`), which a test runs on a copy."""
+command (`python -m tools.release pin --repo ... --ref ...`), which a test runs on a copy."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from helpers import notebook
-from helpers.notebook import COURSE_COMMIT, COURSE_REF, COURSE_REPO_URL, REPO_SLUG
+from helpers.notebook import COURSE_COMMIT, COURSE_REF, COURSE_REPO_URL
 from helpers.paths import PACKAGE_DIR
+from tools import release
+from tools.badges import REPO_SLUG
 
 COURSE = PACKAGE_DIR.parent
 # (repository, ref) as each launch service and GitHub spell them in a URL.
@@ -69,9 +70,9 @@ def test_every_badge_the_site_and_the_set_up_cell_name_one_repository_and_releas
     assert launch_problems(COURSE, REPO_SLUG, COURSE_REF, COURSE_COMMIT) == []
     conf = runpy.run_path(str(COURSE / "site" / "conf.py"))["html_theme_options"]
     assert (conf["repository_url"], conf["repository_branch"]) == (COURSE_REPO_URL, COURSE_REF)
-    from helpers import site
+    from tools import website
 
-    page = site.home_page(
+    page = website.home_page(
         "# C\n\n[card](data/DATA_CARD.md)\n\n## Chapters\n\n|a|\n", ["00_a.ipynb"]
     )
     assert targets(page) == {(REPO_SLUG, COURSE_REF)}
@@ -133,7 +134,7 @@ def test_a_fork_repoints_everything_with_one_command(tmp_path):
             (fork / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(COURSE / name, fork / name)
     commit = "0123456789abcdef0123456789abcdef01234567"
-    cmd = [sys.executable, "-m", "helpers.notebook", "pin", "--commit", commit]
+    cmd = [sys.executable, "-m", "tools.release", "pin", "--commit", commit]
     cmd += ["--repo", "https://github.com/someone/my-course", "--ref", "v1.0-mine"]
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(fork), "HOME": str(tmp_path)}
     done = subprocess.run(cmd, cwd=fork, capture_output=True, text=True, env=env, timeout=600)
@@ -141,4 +142,4 @@ def test_a_fork_repoints_everything_with_one_command(tmp_path):
     assert launch_problems(fork, "someone/my-course", "v1.0-mine", commit) == []
     assert launch_problems(fork, REPO_SLUG, COURSE_REF, COURSE_COMMIT) != []  # it did change
     with pytest.raises(ValueError, match="expected a full 40-hex commit id"):
-        notebook.pin(commit="v1.0")
+        release.pin(commit="v1.0")

@@ -3,7 +3,6 @@ transformers (F16, Q8_0), generation stops at the end-of-turn token, the chat te
 and each broken export fails the way chapter 06 says."""
 
 import shutil
-import sys
 
 import pytest
 import torch

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers import memguard
-from helpers.gpucheck import measured as gpu
 from helpers.memory import GIB
 from helpers.paths import DATA_DIR
+from tools import memory_guard
+from tools.gpucheck import measured as gpu
 
 TINY = Path(__file__).parent / "data" / "memguard-tiny-9a73c0f.json"
 MEASURED = DATA_DIR / "gpu" / "measured-2026-12-04.json"
@@ -31,8 +31,8 @@ def measured_runs() -> dict[tuple[str, str], dict]:
     return {(r["profile"], r["chapter"]): r for r in doc["runs"] if r["chapter"] != "00"}
 
 
-def predictions() -> dict[tuple[str, str], memguard.Row]:
-    rows = memguard.predict_rows(json.loads(TINY.read_text()))
+def predictions() -> dict[tuple[str, str], memory_guard.Row]:
+    rows = memory_guard.predict_rows(json.loads(TINY.read_text()))
     return {(r.profile, r.chapter[:2]): r for r in rows}
 
 
@@ -41,7 +41,7 @@ def test_the_replayed_failures_are_those_of_the_real_budgets():
     over = {
         key
         for key, run in runs.items()
-        if run["status"] != "ok" or run["peak_reserved_gib"] > memguard.CARD_GIB[key[0]]
+        if run["status"] != "ok" or run["peak_reserved_gib"] > memory_guard.CARD_GIB[key[0]]
     }
     assert over == FAILS
 
@@ -75,7 +75,7 @@ def test_the_guard_predicts_the_measured_table():
 
 def test_measured_verdicts_outrank_predictions_and_say_so():
     doc = json.loads(MEASURED_9A73C0F.read_text())
-    rows = memguard.evaluate(json.loads(TINY.read_text()), measured=doc)
+    rows = memory_guard.evaluate(json.loads(TINY.read_text()), measured=doc)
     by_key = {(r.profile, r.chapter[:2]): r for r in rows}
     for key in FAILS:
         if by_key[key].measured is None:  # the chapter changed since 9a73c0f: planned again

@@ -115,3 +115,49 @@ def test_load_4bit_loads_a_hub_model_at_its_pinned_commit(monkeypatch):
     with pytest.raises(RuntimeError, match="stop here"):
         library.load_4bit("/some/local/folder", torch.float16)
     assert seen["revision"] is None
+
+
+# The four T4-class profiles as they were written out field by field, before t4x2, p100 and
+# gpu-bf16 were derived from t4 with dataclasses.replace: deriving them must change nothing.
+T4 = {
+    "name": "t4",
+    "model_id": "Qwen/Qwen2.5-1.5B-Instruct",
+    "revision": "989aa7980e4cf806f80c7fef2b1adb7bc71aa306",
+    "compute_dtype": "float16",
+    "load_in_4bit": True,
+    "max_seq_len": 512,
+    "micro_batch_size": 2,
+    "grad_accum_steps": 8,
+    "max_steps": 100,
+    "lr": 2e-4,
+    "lora_r": 16,
+    "lora_alpha": 32,
+    "target_modules": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    "eval_examples": 200,
+    "gradient_checkpointing": True,
+    "min_gpu_memory_gb": 12.0,
+    "description": "1.5B model, 4-bit NF4 base, fp16 compute: a free Colab or Kaggle T4",
+}
+DERIVED = {
+    "t4x2": {
+        "grad_accum_steps": 4,
+        "description": "t4 on Kaggle's two T4s: one process per GPU, half the accumulation each",
+    },
+    "p100": {
+        "description": "as t4, on a Kaggle P100 (16 GB, fp16 without tensor cores, no LLM.int8)"
+    },
+    "gpu-bf16": {
+        "compute_dtype": "bfloat16",
+        "description": "as t4, in bf16, for GPUs with native bf16 (Ampere or newer, 12+ GB)",
+    },
+}
+
+
+@pytest.mark.parametrize("name", ["t4", *DERIVED])
+def test_t4_class_profiles_keep_their_values(name):
+    expected = {**T4, "name": name, **DERIVED.get(name, {})}
+    assert PROFILES[name].to_dict() == expected
+
+
+def test_profiles_keep_their_order():
+    assert list(PROFILES) == ["tiny", "gpu-4gb", "t4", "t4x2", "t4-8b", "p100", "gpu-bf16"]

@@ -14,7 +14,7 @@ from helpers.data import load_task
 from helpers.lora import library as lora_library
 from helpers.lora import naive as lora_naive
 from helpers.paths import TINY_MODEL_DIR
-from helpers.qlora import PUBLIC_NAMES, checkpoint, library, naive
+from helpers.qlora import checkpoint, library, naive
 from helpers.quantization.measure import quantizable_linears
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -65,11 +65,6 @@ def both_4bit(model_dir, dropout=0.0):
                 param.normal_(std=0.05)
     lora_library.load_lora_state_dict(theirs, lora_naive.lora_state_dict(ours))
     return ours, theirs
-
-
-def test_same_public_names():
-    for name in PUBLIC_NAMES:
-        assert hasattr(naive, name) and hasattr(library, name), name
 
 
 @pytest.mark.parametrize("double_quant", [True, False])

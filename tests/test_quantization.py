@@ -7,7 +7,7 @@ import bitsandbytes.functional as bnbf
 import pytest
 import torch
 
-from helpers.quantization import PUBLIC_NAMES, library, measure, naive
+from helpers.quantization import library, measure, naive
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -17,11 +17,6 @@ def _weights(kind: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Ten
     if kind == "normal":
         return (torch.randn(shape) * (0.01 + torch.rand(1))).to(dtype)
     return torch.distributions.StudentT(2.0).sample(shape).to(dtype)
-
-
-def test_twins_expose_the_same_names():
-    for name in PUBLIC_NAMES:
-        assert callable(getattr(naive, name)) and callable(getattr(library, name)), name
 
 
 def test_nf4_codebook_is_derived_and_equals_bitsandbytes():

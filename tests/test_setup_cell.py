@@ -286,8 +286,9 @@ def test_every_chapter_carries_badges_and_the_p100_parameter_and_sync_is_idempot
 
     import nbformat
 
-    from helpers.course import chapters
-    from helpers.notebook import P100_FIX_LINE, badges, sync
+    from tools.badges import badges
+    from tools.course import chapters
+    from tools.release import P100_FIX_LINE, sync
 
     for path in chapters():
         nb = nbformat.read(path, as_version=4)
@@ -298,7 +299,7 @@ def test_every_chapter_carries_badges_and_the_p100_parameter_and_sync_is_idempot
         assert P100_FIX_LINE in params.source, path
         copy = tmp_path / path.name
         shutil.copy(path, copy)
-        assert sync([copy]) == [], f"{path}: run `python -m helpers.notebook sync`"
+        assert sync([copy]) == [], f"{path}: run `python -m tools.release sync`"
 
 
 P100 = dict(

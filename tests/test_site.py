@@ -24,10 +24,10 @@ import pytest
 
 pytest.importorskip("myst_nb", reason="the site extra is not installed: pip install -e '.[site]'")
 
-from helpers import site  # noqa: E402
-from helpers.notebook import badges  # noqa: E402
+from tools import website  # noqa: E402
+from tools.badges import badges  # noqa: E402
 
-CHAPTERS = site.chapter_paths()
+CHAPTERS = website.chapter_paths()
 # A stand-in for the badge images, which live on Colab's, Kaggle's and Binder's servers.
 BADGE_STUB = '<svg xmlns="http://www.w3.org/2000/svg" width="90" height="20"/>'
 # A badge's link target: [![alt](image)](target).
@@ -72,7 +72,7 @@ def fetch(url: str) -> _Links:
 
 def test_home_page_is_readme_table_with_every_chapter_in_the_contents():
     readme = "# Course\n\nIntro [data](data/DATA_CARD.md).\n\n## Chapters\n\n| a |\n\n## Other\nx\n"
-    page = site.home_page(readme, ["00_a.ipynb", "08_new.ipynb"])
+    page = website.home_page(readme, ["00_a.ipynb", "08_new.ipynb"])
     assert page.startswith("# Course\n\nIntro")
     assert "## Other" not in page
     assert "chapters/00_a\nchapters/08_new\n```" in page  # the hidden table of contents
@@ -81,15 +81,15 @@ def test_home_page_is_readme_table_with_every_chapter_in_the_contents():
 
 def test_home_page_rejects_a_readme_without_its_chapter_table():
     with pytest.raises(ValueError, match="README.md: no '## Chapters' section"):
-        site.home_page("# Course\n\n## Set-up\n", ["00_a.ipynb"])
+        website.home_page("# Course\n\n## Set-up\n", ["00_a.ipynb"])
     with pytest.raises(ValueError, match="README.md: it must open with a '# ' title"):
-        site.home_page("no title\n## Chapters\n", ["00_a.ipynb"])
+        website.home_page("no title\n## Chapters\n", ["00_a.ipynb"])
 
 
 def test_chapter_list_is_read_at_run_time(tmp_path):
     for name in ["01_b.ipynb", "00_a.ipynb", "08_new.ipynb", "notes.ipynb"]:
         (tmp_path / name).write_text("{}")
-    assert [p.name for p in site.chapter_paths(tmp_path)] == [
+    assert [p.name for p in website.chapter_paths(tmp_path)] == [
         "00_a.ipynb",
         "01_b.ipynb",
         "08_new.ipynb",
@@ -98,7 +98,7 @@ def test_chapter_list_is_read_at_run_time(tmp_path):
 
 def test_build_messages_name_the_chapter_and_cell(tmp_path):
     message = f"{tmp_path}/src/chapters/08_x.ipynb:30002: WARNING: target not found\n"
-    assert site.readable_messages(message, tmp_path / "src") == (
+    assert website.readable_messages(message, tmp_path / "src") == (
         "chapters/08_x.ipynb, cell 3: WARNING: target not found\n"
     )
 
@@ -111,16 +111,16 @@ def test_readers_copy_drops_test_markers_and_tool_pragmas_but_keeps_the_code():
         "f = lambda x: x  # noqa: E731\n"
         "print('# not a pragma')  # the reason, kept"
     )
-    assert site.reader_code(code) == (
+    assert website.reader_code(code) == (
         "from helpers import data\n"
         "table = [[1, 0], [0, 1]]\n"
         "f = lambda x: x\n"
         "print('# not a pragma')  # the reason, kept"
     )
-    assert site.reader_title("# Chapter 05: Evaluation, by hand\n\nbody") == (
+    assert website.reader_title("# Chapter 05: Evaluation, by hand\n\nbody") == (
         "# 05 · Evaluation, by hand\n\nbody"
     )
-    assert site.reader_title("# 02 · LoRA\nx") == "# 02 · LoRA\nx"
+    assert website.reader_title("# 02 · LoRA\nx") == "# 02 · LoRA\nx"
 
 
 def test_the_notebooks_keep_their_markers_for_nbval():
@@ -169,7 +169,7 @@ def test_failed_build_keeps_the_previous_site(tmp_path):
     broken = tmp_path / "09_broken.ipynb"
     broken.write_text('{"cells": [')
     with pytest.raises(RuntimeError, match="the site build failed"):
-        site.build(out, chapters=[broken])
+        website.build(out, chapters=[broken])
     assert (out / "index.html").read_text() == "previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["09_broken.ipynb", "site"]
 
@@ -195,7 +195,7 @@ def built(tmp_path_factory) -> Path:
     """The site to test: $COURSE_SITE_DIR when set (make site-check), else a fresh build."""
     if os.environ.get("COURSE_SITE_DIR"):
         return Path(os.environ["COURSE_SITE_DIR"]).resolve()
-    return site.build(tmp_path_factory.mktemp("site") / "html")
+    return website.build(tmp_path_factory.mktemp("site") / "html")
 
 
 def test_build_has_a_page_per_chapter_ready_for_static_hosting(built):
@@ -291,7 +291,7 @@ def badge_problems(found: list[str], chapter: str) -> list[str]:
     """Badge links that are not the course's for ``chapter`` (Colab, Kaggle, Binder, in order)."""
     problems = [] if len(found) == 3 else [f"{len(found)} badges, not 3"]
     if found != BADGE_TARGET.findall(badges(chapter)):
-        problems.append(f"badges {found} are not helpers.notebook.badges({chapter!r})")
+        problems.append(f"badges {found} are not tools.badges.badges({chapter!r})")
     for url in found:
         others = [p.name for p in CHAPTERS if p.name != chapter and p.name in url]
         if f"chapters/{chapter}" not in url or others:

@@ -9,10 +9,10 @@ import nbformat
 import papermill
 import pytest
 
-from helpers.notebook import badges
 from helpers.paths import CHAPTERS_DIR
 from helpers.report import load_results
-from helpers.workbook import (
+from tools.badges import badges
+from tools.workbook import (
     WORKBOOK_DIR,
     chapter_paths,
     exercise_cells,
@@ -25,7 +25,7 @@ from helpers.workbook import (
 
 def test_the_workbook_is_in_sync_with_the_chapters():
     assert chapter_paths(), "no chapters found"
-    assert out_of_date() == [], "run: python -m helpers.workbook sync"
+    assert out_of_date() == [], "run: python -m tools.workbook sync"
 
 
 def test_out_of_date_sees_a_changed_a_new_and_a_removed_chapter(tmp_path):
@@ -41,7 +41,7 @@ def test_out_of_date_sees_a_changed_a_new_and_a_removed_chapter(tmp_path):
     (chapters / "00_setup.ipynb").unlink()
     problems = out_of_date(chapters, out)
     assert problems == [
-        f"out of date: {out / '02_lora.ipynb'} (run python -m helpers.workbook sync)",
+        f"out of date: {out / '02_lora.ipynb'} (run python -m tools.workbook sync)",
         f"missing: {out / '08_new.ipynb'}",
         f"extra: {out / '00_setup.ipynb'} (its chapter is gone)",
     ]

@@ -15,10 +15,10 @@ import pytest
 
 from helpers.paths import PACKAGE_DIR, TINY_MODEL_DIR
 from helpers.profiles import PROFILES
-from helpers.workshop import MANIFEST, RemoteFile, check_folder
-from helpers.workshop.__main__ import main
-from helpers.workshop.models import repo_folder
-from helpers.workshop.wheels import WheelhouseError, prepare_wheelhouse, requirements
+from tools.workshop import MANIFEST, RemoteFile, check_folder
+from tools.workshop.__main__ import main
+from tools.workshop.model_files import repo_folder
+from tools.workshop.wheels import WheelhouseError, prepare_wheelhouse, requirements
 
 COURSE = PACKAGE_DIR.parent
 SMALL = "Qwen/Qwen2.5-0.5B-Instruct"  # gpu-4gb's model id, served here by the tiny model
@@ -146,7 +146,7 @@ def test_without_the_hub_prepare_names_each_model_and_writes_nothing(tmp_path):
         [
             sys.executable,
             "-m",
-            "helpers.workshop",
+            "tools.workshop",
             "prepare",
             str(dest),
             "--profiles",
@@ -280,7 +280,7 @@ def test_prepare_with_wheels_lists_them_in_the_manifest(tmp_path, capsys):
 
 
 def test_a_room_platform_names_every_manylinux_tag_pip_must_accept():
-    from helpers.workshop.wheels import target_flags
+    from tools.workshop.wheels import target_flags
 
     flags = target_flags("linux-x86_64", "3.11")
     # pip takes tags literally: most wheels are manylinux_2_17 even when the room has glibc 2.28+

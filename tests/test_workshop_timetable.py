@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from helpers.workshop.__main__ import main
-from helpers.workshop.timetable import chapter_stems, load_timings, measure, timetable
+from tools.workshop.__main__ import main
+from tools.workshop.timetable import chapter_stems, load_timings, measure, timetable
 
 
 def write(path, data):
@@ -70,7 +70,7 @@ def test_a_timing_file_with_a_wrong_wall_time_is_named(tmp_path):
 
 
 def test_the_command_lists_every_chapter_on_disk(tmp_path, capsys):
-    from helpers.workshop.timetable import chapter_stems as real
+    from tools.workshop.timetable import chapter_stems as real
 
     assert main(["timetable", str(write(tmp_path / "none.json", {}))]) == 0
     out = capsys.readouterr().out
@@ -79,14 +79,14 @@ def test_the_command_lists_every_chapter_on_disk(tmp_path, capsys):
 
 
 def test_measure_records_each_chapter_as_it_goes(tmp_path, monkeypatch, chapters):
-    import helpers.course
+    import tools.course
 
     def fake_execute(path, out, parameters):
         if path.stem == "01_quantization":
             raise RuntimeError("cell 3 raised")
 
-    monkeypatch.setattr(helpers.course, "chapters", lambda names: sorted(chapters.glob("0*.ipynb")))
-    monkeypatch.setattr(helpers.course, "execute", fake_execute)
+    monkeypatch.setattr(tools.course, "chapters", lambda names: sorted(chapters.glob("0*.ipynb")))
+    monkeypatch.setattr(tools.course, "execute", fake_execute)
     monkeypatch.setenv("COURSE_BUILD_DIR", str(tmp_path / "build"))
     out = measure("laptop", "tiny", None, tmp_path / "laptop.json")
     data = json.loads(out.read_text())

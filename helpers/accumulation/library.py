@@ -27,16 +27,8 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from helpers.accumulation.naive import _require_targets, count_targets, skip_window
-
-__all__ = [
-    "count_targets",
-    "full_batch_gradients",
-    "window_gradients",
-    "mean_of_means_gradients",
-    "train",
-    "skip_window",
-]
+from helpers.accumulation.naive import skip_window
+from helpers.accumulation.targets import count_targets, require_targets
 
 
 def _accelerator(k: int) -> Accelerator:
@@ -52,7 +44,7 @@ def _take_grads(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def full_batch_gradients(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict:
     """Gradient of transformers' own loss (mean over target tokens) on one batch."""
-    _require_targets([batch], per_batch=False)  # transformers would return a NaN loss
+    require_targets([batch], per_batch=False)  # transformers would return a NaN loss
     model.zero_grad(set_to_none=True)
     model(**batch).loss.backward()
     return _take_grads(model)
@@ -79,7 +71,7 @@ def window_gradients(model: nn.Module, micro_batches: Sequence[dict[str, torch.T
     Returns:
         ``{parameter name: gradient}``.
     """
-    _require_targets(micro_batches, per_batch=False)
+    require_targets(micro_batches, per_batch=False)
     model.zero_grad(set_to_none=True)
     _accumulate(model, micro_batches, count_window=True)
     return _take_grads(model)
@@ -89,7 +81,7 @@ def mean_of_means_gradients(
     model: nn.Module, micro_batches: Sequence[dict[str, torch.Tensor]]
 ) -> dict:
     """What ``accelerator.backward(model(**batch).loss)`` accumulates: the mean of the means."""
-    _require_targets(micro_batches, per_batch=True)
+    require_targets(micro_batches, per_batch=True)
     model.zero_grad(set_to_none=True)
     _accumulate(model, micro_batches, count_window=False)
     return _take_grads(model)

@@ -33,29 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IGNORE_INDEX = -100  # torch cross_entropy skips these labels
+from helpers.accumulation import targets
+from helpers.accumulation.targets import count_targets
+from helpers.constants import IGNORE_INDEX  # torch cross_entropy skips these labels
 
-
-def count_targets(batches: Sequence[dict[str, torch.Tensor]]) -> int:
-    """Number of predicted tokens in a window: position t predicts label t + 1, so the first
-    label of each row is never a target (transformers counts ``labels[..., 1:]`` too)."""
-    return sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
-
-
-def _require_targets(micro_batches: Sequence[dict[str, torch.Tensor]], per_batch: bool) -> int:
-    """The window's target count N; raise if it is 0 (or, for per-micro-batch means, if any
-    micro-batch has none): a mean over no tokens is 0 / 0."""
-    counts = [count_targets([b]) for b in micro_batches]
-    if not micro_batches or sum(counts) == 0:
-        raise ValueError(
-            "the window has no target tokens (every label after the first is -100): there is "
-            "no loss to average; skip this window (train() does, with a warning)"
-        )
-    if per_batch and 0 in counts:
-        raise ValueError(
-            f"micro-batch {counts.index(0)} has no target tokens: its mean loss is 0 / 0"
-        )
-    return sum(counts)
+_require_targets = targets.require_targets  # the check both twins run, in targets.py
 
 
 def skip_window(window: Sequence[dict[str, torch.Tensor]], step: int, per_batch: bool) -> bool:

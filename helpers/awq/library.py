@@ -28,14 +28,12 @@ import torch
 
 from helpers.checks import finite_tensor
 
-from .naive import AWQResult, capture_inputs, check_awq_args, layer_rel_error, search_grid
+from .naive import AWQResult, capture_inputs, check_awq_args, search_grid
+from .naive import layer_rel_error as layer_rel_error
 
 # llm-compressor logs a "no accelerator" warning on a CPU, which is what we mean here; the
 # level is read once, when llmcompressor is first imported
 os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "ERROR")
-
-__all__ = ["AWQResult", "awq_layer", "awq_model", "capture_inputs", "layer_rel_error"]
-__all__ += ["scale_tolerance", "search_grid"]
 
 
 def _weight_args(bits: int, group_size: int):
@@ -127,11 +125,11 @@ def scale_tolerance(dtype: torch.dtype) -> float:
 def _chosen_ratio(scales, inputs, weight, group_size, n_grid, duo_scaling, rtol) -> float:
     """The grid ratio whose scales (the formula of ``naive``) equal llm-compressor's, which
     it does not return; NaN when none is within ``rtol``."""
-    from .naive import _scales, _weight_means
+    from .naive import grid_scales, weight_means
 
-    x_mean, w_mean = inputs.abs().mean(0), _weight_means(weight, group_size)
+    x_mean, w_mean = inputs.abs().mean(0), weight_means(weight, group_size)
     for ratio, duo in search_grid(n_grid, duo_scaling):
-        if torch.allclose(_scales(x_mean, w_mean, ratio, duo), scales, rtol=rtol, atol=0):
+        if torch.allclose(grid_scales(x_mean, w_mean, ratio, duo), scales, rtol=rtol, atol=0):
             return ratio
     return float("nan")
 

@@ -36,10 +36,8 @@ from dataclasses import dataclass
 import torch
 
 from helpers.checks import finite_tensor, whole_number
-from helpers.gptq.naive import check_inputs, check_weight, layer_rel_error, rtn_quantize
-
-__all__ = ["AWQResult", "awq_layer", "awq_model", "awq_quantize", "capture_inputs"]
-__all__ += ["layer_rel_error", "search_grid", "smoothing_groups"]
+from helpers.gptq.naive import check_inputs, check_weight, rtn_quantize
+from helpers.gptq.naive import layer_rel_error as layer_rel_error
 
 
 @dataclass
@@ -66,13 +64,14 @@ def search_grid(n_grid: int, duo_scaling: bool = False) -> list[tuple[float, boo
     return [(0.0, False)] + [(i / (n_grid - 2), True) for i in range(n_grid - 1)]
 
 
-def _weight_means(weight: torch.Tensor, group_size: int) -> torch.Tensor:
+def weight_means(weight: torch.Tensor, group_size: int) -> torch.Tensor:
     """Mean over rows of |W| normalised by each group's max: (in,)."""
     w = weight.abs().reshape(-1, group_size)  # (out * G, g)
+    # normalised |W| (out, in), averaged over the rows: (in,)
     return (w / (w.amax(1, keepdim=True) + 1e-6)).reshape(weight.shape).mean(0)
 
 
-def _scales(x_mean, w_mean, ratio: float, duo: bool) -> torch.Tensor:
+def grid_scales(x_mean, w_mean, ratio: float, duo: bool) -> torch.Tensor:
     """Per-channel scales (in,) of one grid point, centred on 1 in log scale."""
     s = x_mean.pow(ratio) / (w_mean.pow(1 - ratio) + 1e-4) if duo else x_mean.pow(ratio)
     s = s.clamp(min=1e-4)
@@ -101,13 +100,13 @@ def awq_quantize(
     if x.shape[1] != weight.shape[1]:
         raise ValueError(f"inputs have {x.shape[1]} features, weight expects {weight.shape[1]}")
     w = weight.to(torch.float32)
-    x_mean, w_mean = x.abs().mean(0), _weight_means(w, group_size)  # (in,) each
+    x_mean, w_mean = x.abs().mean(0), weight_means(w, group_size)  # (in,) each
     reference = x @ w.T  # (n, out)
     best, errors = None, []
     for ratio, duo in search_grid(n_grid, duo_scaling):
-        s = _scales(x_mean, w_mean, ratio, duo)
+        s = grid_scales(x_mean, w_mean, ratio, duo)
         effective = rtn_quantize(w * s, bits, group_size) / s  # Q(W s) s^-1
-        errors.append(float(((x @ effective.T - reference) ** 2).mean()))
+        errors.append(float(((x @ effective.T - reference) ** 2).mean()))  # (n, out) outputs
         if not torch.isfinite(torch.tensor(errors[-1])):  # float32 overflow of huge inputs
             raise ValueError(
                 f"the output error at ratio {ratio} is {errors[-1]}: inputs or weight too "
@@ -144,6 +143,7 @@ def capture_inputs(model: torch.nn.Module, batches: Sequence[Sequence[int]], lay
     finally:
         hook.remove()
     # a NaN here comes from the model (NaN weights or an fp16 overflow): say where
+    # every sequence's (T, in) inputs, stacked: (n_tokens, in)
     return finite_tensor(torch.cat(seen).float().cpu(), f"the inputs of {layer!r}")
 
 
@@ -230,7 +230,7 @@ def _capture_blocks(model, batches, groups):
     finally:
         for hook in hooks:
             hook.remove()
-    return calls, {k: torch.cat(v).float() for k, v in inputs.items()}
+    return calls, {k: torch.cat(v).float() for k, v in inputs.items()}  # {smooth: (n_tokens, in)}
 
 
 @torch.no_grad()
@@ -240,11 +240,11 @@ def _shared_scale(model, calls, x, balance, block, bits, group_size, n_grid, duo
     layers = [model.get_submodule(name) for name in balance]
     originals = [layer.weight.detach().clone() for layer in layers]
     x_mean = x.abs().mean(0)  # (in,)
-    w_mean = _weight_means(torch.cat(originals).float(), group_size)  # (in,): duo only
+    w_mean = weight_means(torch.cat(originals).float(), group_size)  # (in,): duo only
     scored, best = model.get_submodule(block), None
     try:
         for ratio, duo in search_grid(n_grid, duo_scaling):
-            s = _scales(x_mean, w_mean, ratio, duo)
+            s = grid_scales(x_mean, w_mean, ratio, duo)
             for layer, w in zip(layers, originals, strict=True):
                 layer.weight.data = (rtn_quantize(w.float() * s, bits, group_size) / s).to(w.dtype)
             sq, n = 0.0, 0

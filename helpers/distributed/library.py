@@ -45,9 +45,6 @@ from helpers.distributed.job import (
 )
 from helpers.distributed.naive import NORMALISATIONS, broadcast_parameters, shard
 
-__all__ = ["broadcast_parameters", "shard", "ddp_gradients", "train", "worker"]
-__all__ += ["notebook_worker", "fsdp_worker", "make_accelerator", "zero1_optimizer_bytes"]
-
 
 def make_accelerator(timeout_s: float = 120.0):
     """An Accelerator whose process group gives up after ``timeout_s`` (no hung CI)."""

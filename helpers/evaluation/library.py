@@ -27,19 +27,8 @@ import torch
 from transformers.loss.loss_utils import ForCausalLMLoss
 
 from helpers import checks, task
+from helpers.constants import IGNORE_INDEX
 from helpers.evaluation import naive
-
-IGNORE_INDEX = -100
-
-__all__ = [
-    "sequence_nll",
-    "perplexity",
-    "greedy_generate",
-    "score_choices",
-    "mc_predictions",
-    "task_scores",
-    "bootstrap_ci",
-]
 
 
 @torch.no_grad()
@@ -62,7 +51,7 @@ def sequence_nll(
     Returns:
         ``(nll, n_tokens)``: (B,) float32 sums and (B,) target counts, on the model's device.
     """
-    hidden, head = naive._final_hidden(model, input_ids, attention_mask)  # (B, T, H)
+    hidden, head = naive.final_hidden(model, input_ids, attention_mask)  # (B, T, H)
     shift_labels = labels[:, 1:].to(hidden.device)  # (B, T-1): position t predicts t + 1
     vocab_size = head.weight.shape[0]
     nll = torch.zeros(len(labels), dtype=torch.float32, device=hidden.device)  # (B,)
@@ -91,10 +80,10 @@ def perplexity(
     Returns:
         ``{"ppl", "nll_sum", "n_tokens"}``.
     """
-    naive._check_stream(token_ids, max_length, model)  # transformers would divide 0 by 0
+    naive.check_stream(token_ids, max_length, model)  # transformers would divide 0 by 0
     device = next(model.parameters()).device
     nll_sum, n_scored = 0.0, 0
-    for begin, end, first_new in naive._windows(
+    for begin, end, first_new in naive.sliding_windows(
         token_ids.numel(), max_length, stride or max_length
     ):
         ids = token_ids[begin:end].unsqueeze(0).to(device)  # (1, T)
@@ -119,7 +108,7 @@ def greedy_generate(
     Args and Returns as in the naive twin: (B, T) left-padded prompts in, (B, S) tokens out.
     """
     checks.token_ids(input_ids, checks.vocab_size(model), "input_ids")
-    if naive._no_new_tokens(input_ids, max_new_tokens):  # generate refuses 0 new tokens
+    if naive.no_new_tokens(input_ids, max_new_tokens):  # generate refuses 0 new tokens
         return input_ids.new_empty(input_ids.shape[0], 0)  # (B, 0)
     device = next(model.parameters()).device  # the tokenizer's tensors are on the CPU
     out = model.generate(
@@ -145,7 +134,7 @@ def score_choices(
     Returns:
         ``(logprob_sum, n_tokens)``: (C,) float32 and (C,), as in the naive twin.
     """
-    naive._check_choices(context_ids, choice_ids, model)
+    naive.check_choices(context_ids, choice_ids, model)
     device = next(model.parameters()).device
     rows = [context_ids + choice for choice in choice_ids]
     width = max(map(len, rows))
@@ -171,7 +160,7 @@ def mc_predictions(
         ``{"acc": i, "acc_norm": i, "acc_bytes": i[, "acc_per_token": i]}``, as the naive twin.
     """
     lls = np.asarray([float(v) for v in logprob_sum], dtype=np.float64)
-    naive._check_mc(list(lls), choices, n_tokens)
+    naive.check_mc(list(lls), choices, n_tokens)
     completion_len = np.array([float(len(i)) for i in choices])
     byte_length = np.array([float(len(i.encode("utf-8"))) for i in choices])
     picks = {
@@ -193,7 +182,7 @@ def task_scores(predictions: list[str], references: list[str]) -> dict[str, np.n
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
     for i, gold in enumerate(references):
-        naive._reference(gold, i)  # a clear error for a broken reference, as the naive twin
+        naive.parse_reference(gold, i)  # a clear error for a broken reference, as the naive twin
     rows = [task.score(p, g) for p, g in zip(predictions, references, strict=True)]
     return {key: np.array([r[key] for r in rows]) for key in ("exact", "valid", *task.FIELDS)}
 
@@ -214,7 +203,7 @@ def bootstrap_ci(
     Returns:
         ``(estimate, low, high)``, as in the naive twin.
     """
-    values = naive._check_bootstrap(values, n_resamples, confidence)
+    values = naive.check_bootstrap(values, n_resamples, confidence)
     n = len(values)
     rng = np.random.default_rng(seed)
     index = rng.integers(0, n, size=(n_resamples, n))  # (R, n)

@@ -25,26 +25,17 @@ import numpy as np
 import torch
 
 from helpers import checks
+from helpers.constants import IGNORE_INDEX
+from helpers.task import parse_answer
 
-IGNORE_INDEX = -100  # a label that adds nothing (the convention of torch's cross_entropy)
 # Positions whose logits exist at once when scoring. Logits over a real vocabulary are the
 # largest tensor of an evaluation: 2,048 positions x 151,936 entries (Qwen2.5) in float32 are
 # 1.16 GiB, and log_softmax makes a second one. 256 positions are 148 MiB per float32 copy.
 CHUNK_TOKENS = 256
 FIELDS = ("category", "sentiment", "urgency")
 
-__all__ = [
-    "sequence_nll",
-    "perplexity",
-    "greedy_generate",
-    "score_choices",
-    "mc_predictions",
-    "task_scores",
-    "bootstrap_ci",
-]
 
-
-def _final_hidden(
+def final_hidden(
     model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.nn.Module]:
     """The decoder's last hidden states (B, T, H), after its final norm, and the output head.
@@ -84,7 +75,7 @@ def sequence_nll(
         the model's device (the inputs are moved there: they may come from the tokenizer, on
         the CPU).
     """
-    hidden, head = _final_hidden(model, input_ids, attention_mask)  # (B, T, H)
+    hidden, head = final_hidden(model, input_ids, attention_mask)  # (B, T, H)
     targets = labels[:, 1:].to(hidden.device)  # (B, T-1): position t predicts token t + 1
     is_target = targets != IGNORE_INDEX
     rows, cols = is_target.nonzero(as_tuple=True)  # (N,), (N,): the scored positions only
@@ -97,7 +88,7 @@ def sequence_nll(
     return nll, is_target.sum(dim=-1)
 
 
-def _windows(n_tokens: int, max_length: int, stride: int):
+def sliding_windows(n_tokens: int, max_length: int, stride: int):
     """Yield (begin, end, first_new) for a sliding window over n_tokens positions.
 
     Each window covers [begin, end); tokens before ``first_new`` were scored by an earlier
@@ -114,7 +105,7 @@ def _windows(n_tokens: int, max_length: int, stride: int):
             break
 
 
-def _check_stream(token_ids: torch.Tensor, max_length: int, model=None) -> None:
+def check_stream(token_ids: torch.Tensor, max_length: int, model=None) -> None:
     """Perplexity scores every token but the first: it needs a 1-D stream of 2 tokens or more,
     and windows of 2 tokens or more (a 1-token window has no token with context); with
     ``model``, ids inside its vocabulary (an id past it would crash the embedding look-up)."""
@@ -156,10 +147,12 @@ def perplexity(
     Raises:
         ValueError: fewer than 2 tokens, or ``max_length`` < 2: nothing would be scored.
     """
-    _check_stream(token_ids, max_length, model)
+    check_stream(token_ids, max_length, model)
     device = next(model.parameters()).device
     nll_sum, n_scored = 0.0, 0
-    for begin, end, first_new in _windows(token_ids.numel(), max_length, stride or max_length):
+    for begin, end, first_new in sliding_windows(
+        token_ids.numel(), max_length, stride or max_length
+    ):
         ids = token_ids[begin:end].unsqueeze(0).to(device)  # (1, T)
         labels = ids.clone()
         labels[:, : first_new - begin] = IGNORE_INDEX  # context only: scored before
@@ -168,7 +161,7 @@ def perplexity(
     return {"ppl": float(np.exp(nll_sum / n_scored)), "nll_sum": nll_sum, "n_tokens": n_scored}
 
 
-def _no_new_tokens(input_ids: torch.Tensor, max_new_tokens: int) -> bool:
+def no_new_tokens(input_ids: torch.Tensor, max_new_tokens: int) -> bool:
     """True for max_new_tokens == 0 (the answer is B empty rows); raise on a bad count."""
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool):
         raise TypeError(f"max_new_tokens must be an int, got {type(max_new_tokens).__name__}")
@@ -199,7 +192,7 @@ def greedy_generate(
         ``max_new_tokens=0``, (B, 0). On the model's device (the prompts are moved there).
     """
     checks.token_ids(input_ids, checks.vocab_size(model), "input_ids")
-    if _no_new_tokens(input_ids, max_new_tokens):
+    if no_new_tokens(input_ids, max_new_tokens):
         return input_ids.new_empty(input_ids.shape[0], 0)  # (B, 0): nothing asked, nothing run
     device = next(model.parameters()).device  # the tokenizer's tensors are on the CPU
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
@@ -237,7 +230,7 @@ def greedy_generate(
     return torch.stack(new_tokens, dim=1)  # (B, S)
 
 
-def _check_choices(context_ids: list[int], choice_ids: list[list[int]], model=None) -> None:
+def check_choices(context_ids: list[int], choice_ids: list[list[int]], model=None) -> None:
     if len(context_ids) == 0:
         raise ValueError(
             "context_ids is empty: the first token of each choice would have no context to be "
@@ -274,7 +267,7 @@ def score_choices(
         ValueError: an empty context (the choice's first token would have nothing to be
             predicted from), no choices, or an empty choice (log p = 0 would win).
     """
-    _check_choices(context_ids, choice_ids, model)
+    check_choices(context_ids, choice_ids, model)
     device = next(model.parameters()).device
     sums, lengths = [], []
     for choice in choice_ids:
@@ -308,7 +301,7 @@ def mc_predictions(
         ``{"acc": i, "acc_norm": i, "acc_bytes": i[, "acc_per_token": i]}``: chosen indices.
     """
     scores = [float(v) for v in logprob_sum]
-    _check_mc(scores, choices, n_tokens)
+    check_mc(scores, choices, n_tokens)
     divisors = {
         "acc": [1.0] * len(choices),
         "acc_norm": [float(len(c)) for c in choices],
@@ -327,7 +320,7 @@ def mc_predictions(
     return picks
 
 
-def _check_mc(scores: list[float], choices: list[str], n_tokens) -> None:
+def check_mc(scores: list[float], choices: list[str], n_tokens) -> None:
     if len(choices) == 0:
         raise ValueError("choices is empty: a question needs at least one choice")
     if len(scores) != len(choices) or (n_tokens is not None and len(n_tokens) != len(choices)):
@@ -344,20 +337,7 @@ def _check_mc(scores: list[float], choices: list[str], n_tokens) -> None:
         raise ValueError(f"n_tokens must all be >= 1, got {[int(n) for n in n_tokens]}")
 
 
-def _parse(text: str) -> dict | None:
-    """The first ``{...}`` span of a text as a JSON object, or None."""
-    start = text.find("{")
-    end = text.find("}", start + 1)
-    if start < 0 or end < 0:
-        return None
-    try:
-        value = json.loads(text[start : end + 1])
-    except json.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _reference(text: str, index: int) -> dict:
+def parse_reference(text: str, index: int) -> dict:
     """A gold answer: a JSON object with the three fields."""
     try:
         gold = json.loads(text)
@@ -386,7 +366,7 @@ def task_scores(predictions: list[str], references: list[str]) -> dict[str, np.n
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
     rows = []
     for pred_text, gold_text in zip(predictions, references, strict=True):
-        gold, pred = _reference(gold_text, len(rows)), _parse(pred_text) or {}
+        gold, pred = parse_reference(gold_text, len(rows)), parse_answer(pred_text) or {}
         valid = all(isinstance(pred.get(f), str) for f in FIELDS)
         fields = {f: pred.get(f) == gold[f] for f in FIELDS}
         rows.append({"valid": valid, "exact": valid and all(fields.values()), **fields})
@@ -416,7 +396,7 @@ def bootstrap_ci(
         ValueError: NaN or inf in ``values``, ``confidence`` not in (0, 1), or fewer than
             ``2 / (1 - confidence)`` resamples.
     """
-    values = _check_bootstrap(values, n_resamples, confidence)
+    values = check_bootstrap(values, n_resamples, confidence)
     n = len(values)
     rng = np.random.default_rng(seed)
     stats = np.empty(n_resamples)
@@ -426,7 +406,7 @@ def bootstrap_ci(
     return float(statistic(values)), low, high
 
 
-def _check_bootstrap(values, n_resamples: int, confidence: float) -> np.ndarray:
+def check_bootstrap(values, n_resamples: int, confidence: float) -> np.ndarray:
     """Data with no NaN/inf, 0 < confidence < 1, and enough resamples to put at least one in
     each tail of the interval: n_resamples * (1 - confidence) / 2 >= 1."""
     values = np.asarray(values, dtype=np.float64)

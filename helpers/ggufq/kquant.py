@@ -27,7 +27,8 @@ import torch
 
 from helpers.checks import finite_tensor
 
-QK_K = 256  # values per super-block
+from .blocks import QK_K, check_scales
+
 SUB = 32  # values per sub-block
 
 
@@ -121,6 +122,4 @@ def quantize_q4_k(weight: torch.Tensor) -> torch.Tensor:
     packed = (codes[:, :, 0] + 16 * codes[:, :, 1]).to(torch.uint8).reshape(n, 128)
     halves = torch.cat([d, dmin], dim=1).to(torch.float16).view(torch.uint8)  # (n, 4)
     out = torch.cat([halves, _pack_scales(ls, lm), packed], dim=1)  # (n, 144)
-    from .naive import _check_scales  # here: naive imports this module
-
-    return _check_scales(out, "Q4_K").reshape(*weight.shape[:-1], -1)
+    return check_scales(out, "Q4_K").reshape(*weight.shape[:-1], -1)

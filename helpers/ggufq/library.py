@@ -21,31 +21,27 @@ from gguf import quants as gguf_quants
 
 from helpers.checks import finite_tensor
 
-from .naive import (
-    BLOCK_SIZE,
+from .blocks import BLOCK_SIZE as BLOCK_SIZE
+from .blocks import (
     BYTES_PER_BLOCK,
-    VALUES_PER_BLOCK,
-    _check_scales,
-    _check_weight,
-    _split,
-    bits_per_weight,
+    check_scales,
+    check_weight,
+    split_blocks,
 )
-
-__all__ = ["BLOCK_SIZE", "BYTES_PER_BLOCK", "VALUES_PER_BLOCK", "bits_per_weight"]
-__all__ += ["dequantize_q4_0", "dequantize_q4_k", "dequantize_q8_0", "llama_quantize"]
-__all__ += ["quantize_q4_0", "quantize_q4_k", "quantize_q8_0"]
+from .blocks import VALUES_PER_BLOCK as VALUES_PER_BLOCK
+from .naive import bits_per_weight as bits_per_weight
 
 
 def _quantize(weight: torch.Tensor, qtype: GGMLQuantizationType) -> torch.Tensor:
-    _check_weight(weight)
+    check_weight(weight)
     array = weight.detach().to(torch.float32).numpy()
     with np.errstate(over="ignore"):  # an fp16 scale overflow is refused just below
         out = torch.from_numpy(np.ascontiguousarray(gguf_quants.quantize(array, qtype)))
-    return _check_scales(out, qtype.name)
+    return check_scales(out, qtype.name)
 
 
 def _dequantize(data: torch.Tensor, qtype: GGMLQuantizationType) -> torch.Tensor:
-    _split(data, qtype.name)  # the same shape and dtype checks as the naive twin
+    split_blocks(data, qtype.name)  # the same shape and dtype checks as the naive twin
     return torch.from_numpy(gguf_quants.dequantize(data.numpy(), qtype).astype(np.float32))
 
 
@@ -95,7 +91,7 @@ def quantize_q4_k(weight: torch.Tensor) -> torch.Tensor:
     src = np.ascontiguousarray(weight.detach().to(torch.float32).numpy())
     out = np.zeros(src.size // QK_K * BYTES_PER_BLOCK["Q4_K"], dtype=np.uint8)
     _ggml().quantize_row_q4_K_ref(src.ctypes.data, out.ctypes.data, src.size)
-    return _check_scales(torch.from_numpy(out), "Q4_K").reshape(*weight.shape[:-1], -1)
+    return check_scales(torch.from_numpy(out), "Q4_K").reshape(*weight.shape[:-1], -1)
 
 
 def dequantize_q4_k(data: torch.Tensor) -> torch.Tensor:

@@ -20,53 +20,20 @@ from __future__ import annotations
 
 import torch
 
-from helpers.checks import finite_tensor
-
-from .kquant import QK_K, quantize_q4_k
-
-BLOCK_SIZE = 32  # values per block of Q8_0 and Q4_0
-BYTES_PER_BLOCK = {"Q8_0": 2 + 32, "Q4_0": 2 + 16, "Q4_K": 2 + 2 + 12 + 128}
-VALUES_PER_BLOCK = {"Q8_0": BLOCK_SIZE, "Q4_0": BLOCK_SIZE, "Q4_K": QK_K}
-
-__all__ = ["BLOCK_SIZE", "BYTES_PER_BLOCK", "VALUES_PER_BLOCK", "bits_per_weight"]
-__all__ += ["dequantize_q4_0", "dequantize_q4_k", "dequantize_q8_0"]
-__all__ += ["quantize_q4_0", "quantize_q4_k", "quantize_q8_0"]
-
-
-def _check_weight(weight: torch.Tensor) -> None:
-    """A float tensor whose last dimension is whole blocks (both twins check this)."""
-    if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
-        raise TypeError(f"weight must be a float tensor, got {type(weight).__name__}")
-    if weight.ndim < 1 or weight.shape[-1] % BLOCK_SIZE:
-        raise ValueError(
-            f"weight's last dimension must be a multiple of {BLOCK_SIZE}, got shape "
-            f"{tuple(weight.shape)}"
-        )
-    finite_tensor(weight, "weight")  # a NaN would make its whole block NaN in the file
-
-
-def _check_scales(out: torch.Tensor, kind: str) -> torch.Tensor:
-    """Quantized bytes ``out``, after checking that every fp16 scale in them is finite: a
-    block whose scale (Q8_0: absmax / 127, Q4_0: absmax / 8, Q4_K: its 6-bit step) is above
-    fp16's 65504 would be stored as inf and read back as inf and NaN (both twins refuse it)."""
-    blocks = out.reshape(-1, BYTES_PER_BLOCK[kind])
-    halves = 2 if kind == "Q4_K" else 1  # Q4_K stores d and dmin, the others d alone
-    scales = blocks[:, : 2 * halves].contiguous().view(torch.float16)  # (n_blocks, halves)
-    bad = ~torch.isfinite(scales).all(dim=1)
-    if bool(bad.any()):
-        block = int(bad.nonzero()[0])
-        raise ValueError(
-            f"weight: {kind} block {block} (values {block * VALUES_PER_BLOCK[kind]} onward, "
-            "counted row after row) needs a scale larger than fp16's 65504: its values are "
-            f"too large for {kind} (Q8_0 holds magnitudes up to about 8.3e6, Q4_0 about 5.2e5)."
-            " Keep this tensor in F32 or F16, or find why it is so large"
-        )
-    return out
+from .blocks import (
+    BLOCK_SIZE,
+    BYTES_PER_BLOCK,
+    VALUES_PER_BLOCK,
+    check_scales,
+    check_weight,
+    split_blocks,
+)
+from .kquant import quantize_q4_k as quantize_q4_k
 
 
 def _blocks(weight: torch.Tensor) -> torch.Tensor:
     """(rows, cols) float -> (rows * cols / 32, 32) fp32 blocks, checking the shape."""
-    _check_weight(weight)
+    check_weight(weight)
     return weight.detach().to(torch.float32).reshape(-1, BLOCK_SIZE)  # (n_blocks, 32)
 
 
@@ -97,7 +64,7 @@ def quantize_q8_0(weight: torch.Tensor) -> torch.Tensor:
     inv = torch.where(d == 0, torch.zeros_like(d), 1 / d)  # an all-zero block keeps d = 0
     codes = _roundf(blocks * inv).to(torch.int8).view(torch.uint8)  # (n_blocks, 32)
     out = torch.cat([_scale_bytes(d), codes], dim=1)  # (n_blocks, 34)
-    return _check_scales(out, "Q8_0").reshape(*weight.shape[:-1], -1)
+    return check_scales(out, "Q8_0").reshape(*weight.shape[:-1], -1)
 
 
 def quantize_q4_0(weight: torch.Tensor) -> torch.Tensor:
@@ -116,30 +83,18 @@ def quantize_q4_0(weight: torch.Tensor) -> torch.Tensor:
     codes = (blocks * inv + 8.5).trunc().clamp(0, 15).to(torch.uint8)  # (n_blocks, 32)
     packed = codes[:, :16] | (codes[:, 16:] << 4)  # (n_blocks, 16): low nibble = first half
     out = torch.cat([_scale_bytes(d), packed], dim=1)  # (n_blocks, 18)
-    return _check_scales(out, "Q4_0").reshape(*weight.shape[:-1], -1)
-
-
-def _split(data: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor, tuple]:
-    """uint8 (..., n * bytes) -> fp32 scales (n_blocks, 1), code bytes, leading shape."""
-    if data.dtype != torch.uint8 or data.shape[-1] % BYTES_PER_BLOCK[kind]:
-        raise ValueError(
-            f"{kind} data must be uint8 with a last dimension multiple of "
-            f"{BYTES_PER_BLOCK[kind]}, got {data.dtype} {tuple(data.shape)}"
-        )
-    blocks = data.reshape(-1, BYTES_PER_BLOCK[kind])
-    d = blocks[:, :2].contiguous().view(torch.float16).to(torch.float32)  # (n_blocks, 1)
-    return d, blocks[:, 2:], tuple(data.shape[:-1])
+    return check_scales(out, "Q4_0").reshape(*weight.shape[:-1], -1)
 
 
 def dequantize_q8_0(data: torch.Tensor) -> torch.Tensor:
     """Q8_0 bytes ``(..., n * 34)`` -> fp32 ``(..., n * 32)``: ``d * q``."""
-    d, codes, lead = _split(data, "Q8_0")
+    d, codes, lead = split_blocks(data, "Q8_0")
     return (d * codes.contiguous().view(torch.int8).to(torch.float32)).reshape(*lead, -1)
 
 
 def dequantize_q4_0(data: torch.Tensor) -> torch.Tensor:
     """Q4_0 bytes ``(..., n * 18)`` -> fp32 ``(..., n * 32)``: ``d * (q - 8)``."""
-    d, packed, lead = _split(data, "Q4_0")
+    d, packed, lead = split_blocks(data, "Q4_0")
     codes = torch.cat([packed & 0x0F, packed >> 4], dim=1).to(torch.float32) - 8  # (n, 32)
     return (d * codes).reshape(*lead, -1)
 

@@ -5,6 +5,17 @@ runs llm-compressor's implementation (the same public names)."""
 
 import importlib.util
 
+# What both twins define, with the same signatures (tests/test_twin_contract.py).
+PUBLIC_NAMES = (
+    "GPTQResult",
+    "gptq_quantize",
+    "hessian",
+    "layer_rel_error",
+    "minmax_grid",
+    "rtn_quantize",
+)
+
+
 # What the library twins of GPTQ and AWQ (``helpers.gptq.library``, ``helpers.awq.library``)
 # import: llm-compressor and the compressed-tensors format it quantizes to
 LIBRARY_PACKAGES = ("llmcompressor", "compressed_tensors")

@@ -17,14 +17,11 @@ from .naive import (
     GPTQResult,
     check_hessian,
     check_weight,
-    hessian,
-    layer_rel_error,
     minmax_grid,
-    rtn_quantize,
 )
-
-__all__ = ["GPTQResult", "gptq_quantize", "hessian", "layer_rel_error", "minmax_grid"]
-__all__ += ["rtn_quantize"]
+from .naive import hessian as hessian
+from .naive import layer_rel_error as layer_rel_error
+from .naive import rtn_quantize as rtn_quantize
 
 
 def _args(bits: int, group_size: int, act_order: bool):

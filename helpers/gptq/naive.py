@@ -46,7 +46,7 @@ def hessian(inputs: torch.Tensor) -> torch.Tensor:
     """
     check_inputs(inputs)
     x = inputs.reshape(-1, inputs.shape[-1]).to(torch.float32)  # (n, in)
-    return 2 * x.T @ x / x.shape[0]
+    return 2 * x.T @ x / x.shape[0]  # (in, n) @ (n, in) -> (in, in)
 
 
 def check_inputs(inputs: torch.Tensor, name: str = "inputs") -> torch.Tensor:
@@ -81,7 +81,7 @@ def minmax_grid(weight: torch.Tensor, bits: int, group_size: int):
         raise ValueError(f"group_size {group_size} must divide in_features {in_features}")
     groups = weight.to(torch.float32).reshape(out_features, -1, group_size)  # (out, G, g)
     low = groups.amin(-1).clamp(max=0)  # 0 must be representable
-    high = groups.amax(-1).clamp(min=0)
+    high = groups.amax(-1).clamp(min=0)  # (out, G), as low
     scale = (high - low) / (2**bits - 1)
     scale = torch.where(scale == 0, torch.ones_like(scale), scale)  # an all-zero group
     return scale, torch.round(-low / scale)
@@ -162,7 +162,9 @@ def rtn_quantize(weight: torch.Tensor, bits: int = 4, group_size: int = 32) -> t
     scale, zero = minmax_grid(weight, bits, group_size)
     g = group_size
     w = weight.to(torch.float32).reshape(weight.shape[0], -1, g)  # (out, G, g)
+    # (out, G, g): scale and zero (out, G) broadcast over each group
     codes = torch.clamp(torch.round(w / scale[..., None]) + zero[..., None], 0, 2**bits - 1)
+    # (out, G, g) -> (out, in)
     return (scale[..., None] * (codes - zero[..., None])).reshape(weight.shape)
 
 
@@ -176,8 +178,8 @@ def layer_rel_error(weight_q: torch.Tensor, weight: torch.Tensor, inputs: torch.
             f"weight_q {tuple(weight_q.shape)}, weight {tuple(weight.shape)} and inputs "
             f"{tuple(inputs.shape)} do not fit: weights (out, in), inputs (..., in)"
         )
-    x = inputs.reshape(-1, inputs.shape[-1]).to(torch.float32)
-    ref = x @ weight.to(torch.float32).T
+    x = inputs.reshape(-1, inputs.shape[-1]).to(torch.float32)  # (n, in)
+    ref = x @ weight.to(torch.float32).T  # (n, out)
     if float(ref.norm()) == 0:
         raise ValueError("the layer's output X W^T is all zero on these inputs: no relative error")
     return float((x @ weight_q.to(torch.float32).T - ref).norm() / ref.norm())

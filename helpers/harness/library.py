@@ -40,8 +40,6 @@ from helpers.harness import (
     to_exchange,
 )
 
-__all__ = ["evaluate_multiple_choice", "evaluate_generation"]
-
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 MC_TASK, GENERATION_TASK = "course_multiple_choice", "course_generation"
 

@@ -29,8 +29,6 @@ from helpers.harness import (
     render_prompt,
 )
 
-__all__ = ["evaluate_multiple_choice", "evaluate_generation"]
-
 
 def _ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -20,21 +20,6 @@ from torch import nn
 from helpers.atomic import atomic_folder
 from helpers.lora import check_lora_args
 
-__all__ = [
-    "LoRALinear",
-    "add_lora",
-    "mark_only_lora_trainable",
-    "count_parameters",
-    "merge_lora",
-    "unmerge_lora",
-    "merge_and_unload",
-    "lora_state_dict",
-    "load_lora_state_dict",
-    "save_adapter",
-    "load_adapter",
-    "adapter_bytes",
-]
-
 
 def LoRALinear(  # noqa: N802 (a factory with the naive twin's class name)
     base_layer: nn.Module,

@@ -129,7 +129,7 @@ class LoRALinear(nn.Module):
 
     def delta_weight(self) -> torch.Tensor:
         """The update as a full matrix: scaling * B @ A, shape (OUT, IN)."""
-        return (self.lora_B.weight @ self.lora_A.weight) * self.scaling
+        return (self.lora_B.weight @ self.lora_A.weight) * self.scaling  # (OUT, r) @ (r, IN)
 
     def _base_weight(self) -> torch.Tensor:
         weight = self.base_layer.weight

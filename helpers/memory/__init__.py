@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from helpers.constants import GIB  # chapters import it from here too
+
 PUBLIC_NAMES = ("training_memory", "fits")
-GIB = 2**30
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 METHODS = ("full", "lora", "qlora")
 OPTIMIZERS = ("adamw", "adamw8bit", "paged_adamw", "paged_adamw8bit", "sgd")

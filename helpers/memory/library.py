@@ -33,8 +33,6 @@ from helpers import bnb_cpu  # noqa: F401  (before bitsandbytes: one layout on e
 from helpers.memory import GIB, MemoryBreakdown, ModelShape, RunSpec, Verdict
 from helpers.memory.naive import check_card_gib
 
-__all__ = ["training_memory", "fits", "set_checkpointing", "build_model"]
-
 
 def _config(shape: ModelShape):
     """A transformers config of the shape (Qwen2 when it has q/k/v biases, else Llama)."""

@@ -36,9 +36,6 @@ import math
 
 from helpers.memory import DTYPE_BYTES, GIB, PAGED, MemoryBreakdown, ModelShape, RunSpec, Verdict
 
-__all__ = ["training_memory", "fits", "MODELS", "CARDS", "PUBLISHED", "CUDA_CONTEXT_BYTES"]
-__all__ += ["weight_bytes", "parameter_counts", "activation_bytes", "ALLOCATOR_RESERVE"]
-
 # A stated allowance, not a measurement: the CUDA context and the kernels torch loads take a
 # few hundred MiB of GPU memory outside any tensor (PyTorch "CUDA semantics" notes, memory
 # management); 0.5 GiB is a round upper value for recent torch builds.

@@ -20,3 +20,11 @@ PUBLIC_NAMES = (
     "merge_and_dequantize",
     "merge_into_4bit",
 )
+# Where the library twin's signature must differ from the naive one's, and why.
+SIGNATURES_DIFFER = {
+    "Linear4bit": (
+        "the library twin is bitsandbytes' own Linear4bit class (input_features, "
+        "output_features, its quantization options); the naive one takes the three arguments "
+        "the chapter teaches"
+    ),
+}

@@ -29,17 +29,6 @@ from helpers.quantization.measure import quantizable_linears
 Linear4bit = bnb.nn.Linear4bit
 BLOCKSIZE = 64  # bitsandbytes' default blocksize for 4-bit weights
 
-__all__ = [
-    "Linear4bit",
-    "quantize_model",
-    "load_4bit",
-    "prepare_for_kbit_training",
-    "add_lora",
-    "base_bytes",
-    "merge_and_dequantize",
-    "merge_into_4bit",
-]
-
 
 def _keep_nf4_layout(model: nn.Module) -> nn.Module:
     """Keep bitsandbytes' NF4 layout on every CPU.

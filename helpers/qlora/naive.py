@@ -69,6 +69,7 @@ class _MatMul4bit(torch.autograd.Function):
         # dL/dx = dL/dy W; the base is frozen, so no gradient for W (None for the layer)
         grad_x = grad_out @ ctx.layer.dequantize(grad_out.dtype)  # (..., IN)
         grad_bias = (
+            # (OUT,): the bias gradient sums over every token
             grad_out.reshape(-1, grad_out.shape[-1]).sum(0) if ctx.needs_input_grad[2] else None
         )
         return grad_x, None, grad_bias

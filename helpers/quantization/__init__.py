@@ -26,3 +26,10 @@ PUBLIC_NAMES = (
     "int8_vectorwise_quantize",
     "int8_linear",
 )
+# Where the library twin's signature must differ from the naive one's, and why.
+SIGNATURES_DIFFER = {
+    "nf4_codebook": (
+        "the naive twin computes the 16 levels from the outermost quantile (offset, QLoRA "
+        "section 3); bitsandbytes hard-codes the table, so its twin takes no argument"
+    ),
+}

@@ -16,20 +16,20 @@ import bitsandbytes.functional as bnbf
 import torch
 
 from helpers import bnb_cpu  # noqa: F401  (before bitsandbytes: one layout on every CPU)
-from helpers.quantization.naive import (
-    _check_blocks_hold_their_absmax,
-    _check_blocksize,
-    _check_codebook,
-    _check_float,
-    _check_int8_linear,
-    _check_int8_stats,
-    _check_stats,
-    _check_storage,
-    _check_zeropoint,
-    _packed_bytes,
-)
+from helpers.quantization import checks
 
-_NF4_BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+# The checks both twins run, defined once in checks.py, under the names this code uses.
+_NF4_BLOCKSIZES = checks.NF4_BLOCKSIZES
+_check_blocks_hold_their_absmax = checks.check_blocks_hold_their_absmax
+_check_blocksize = checks.check_blocksize
+_check_codebook = checks.check_codebook
+_check_float = checks.check_float
+_check_int8_linear = checks.check_int8_linear
+_check_int8_stats = checks.check_int8_stats
+_check_stats = checks.check_stats
+_check_storage = checks.check_storage
+_check_zeropoint = checks.check_zeropoint
+_packed_bytes = checks.packed_bytes
 
 
 def quantize_absmax_int8(

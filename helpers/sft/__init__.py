@@ -11,6 +11,20 @@ from dataclasses import dataclass
 
 from helpers.profiles import Profile
 
+# What both twins define, with the same signatures (tests/test_twin_contract.py).
+PUBLIC_NAMES = (
+    "SFTResult",
+    "order_records",
+    "sft_train",
+)
+# Where the library twin's signature must differ from the naive one's, and why.
+SIGNATURES_DIFFER = {
+    "sft_train": (
+        "the library twin also takes **changes, passed to make_trainer (an eval_dataset, "
+        "SFTConfig fields), which only TRL's trainer has"
+    ),
+}
+
 
 @dataclass(frozen=True)
 class SFTRun:

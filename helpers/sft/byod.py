@@ -181,19 +181,13 @@ def memory_plan(profile) -> str:
     for the budget): never measured for this chapter, so it says "planned", not "fits".
     """
     from helpers.hardware import card_budget
-    from helpers.memguard import training_run
-    from helpers.memory import GIB, ModelShape
+    from helpers.memory import GIB
     from helpers.memory import naive as planner
+    from helpers.memory.plan import profile_shape, training_run
 
     if profile.is_local:
         return f"profile {profile.name}: on the CPU, no GPU memory to plan"
-    config = Path(profile.model_id) / "config.json"
-    if config.is_file():  # a local model in the profile's place (e.g. a shape twin)
-        from transformers import AutoConfig
-
-        shape = ModelShape.from_config(AutoConfig.from_pretrained(config.parent), profile.name)
-    else:
-        shape = planner.MODELS[profile.model_id.split("/")[-1].removesuffix("-Instruct")]
+    shape = profile_shape(profile)  # a local model in the profile's place (a shape twin) too
     run = training_run(profile, "qlora" if profile.load_in_4bit else "lora")
     budget = card_budget(profile.name)
     verdict = planner.fits(shape, run, budget.gib)

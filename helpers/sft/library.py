@@ -26,8 +26,6 @@ from helpers.data import head_text
 from helpers.sft import SFTRun, quiet_version_skew
 from helpers.sft.naive import SFTResult, order_records
 
-__all__ = ["SFTResult", "order_records", "to_prompt_completion", "make_trainer", "sft_train"]
-
 
 def to_prompt_completion(tokenizer, record: dict) -> dict:
     """A record as TRL's text prompt/completion: the chat template written out as text.

@@ -19,7 +19,7 @@ from typing import Protocol
 from tqdm.auto import tqdm
 
 from helpers.atomic import write_text
-from helpers.workshop.manifest import PARTIAL, file_hashes
+from tools.workshop.manifest import PARTIAL, file_hashes
 
 # What a course run reads from a model repo: configs, safetensors weights, tokenizer files.
 # Other weight formats (.bin pickles, .gguf, .onnx) are never downloaded.

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from helpers.gpucheck.jobs import parameters
+from tools.gpucheck.jobs import parameters
 
 # After every cell: max_memory_reserved (GiB), the cell's first line, its error if any.
 HOOK = """import json as _gj, os as _go, time as _gt

@@ -1,4 +1,4 @@
-"""Command line of ``helpers.gpucheck`` (see the package's docstring)."""
+"""Command line of ``tools.gpucheck`` (see the package's docstring)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-from helpers.gpucheck import benchmark, cuda, readme, runner, summary
-from helpers.gpucheck.jobs import parse_jobs
 from helpers.hardware import BUDGET_MARGIN_GIB, CARD_TOTAL_GIB, PLANNED_CUDA_CONTEXT_GIB
 from helpers.paths import DATA_DIR, REPO_ROOT, build_dir
+from tools.gpucheck import benchmark, cuda, readme, runner, summary
+from tools.gpucheck.jobs import parse_jobs
 
 MEASURED = DATA_DIR / "gpu" / "measured.json"
 TWIN_MARKER = "shape_twin.json"
@@ -44,7 +44,7 @@ def start_benchmark(work: Path) -> list[tuple[str, subprocess.Popen]]:
     twin = build_dir() / "shapes" / "t4-8b"
     out = []
     for loop in ("course", "peft"):
-        cmd = [sys.executable, "-m", "helpers.gpucheck.benchmark", loop, str(twin),
+        cmd = [sys.executable, "-m", "tools.gpucheck.benchmark", loop, str(twin),
                str(work / f"benchmark_{loop}.json")]  # fmt: skip
         log = open(work / f"benchmark_{loop}.log", "w")  # noqa: SIM115
         out.append(
@@ -139,7 +139,7 @@ def run_command(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m helpers.gpucheck", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tools.gpucheck", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="measure every chapter on the GPU profiles it claims")
     p_run.add_argument(

@@ -1,4 +1,4 @@
-"""The workshop command line (see ``helpers/workshop/__init__.py``)."""
+"""The workshop command line (see ``tools/workshop/__init__.py``)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from helpers.workshop.manifest import MANIFEST, PARTIAL, check_folder, write_manifest
-from helpers.workshop.models import (
+from tools.workshop.manifest import MANIFEST, PARTIAL, check_folder, write_manifest
+from tools.workshop.model_files import (
     FetchError,
     HubSource,
     Source,
@@ -17,14 +17,14 @@ from helpers.workshop.models import (
     prepare_models,
     repo_folder,
 )
-from helpers.workshop.timetable import (
+from tools.workshop.timetable import (
     chapter_stems,
     default_timing_files,
     load_timings,
     measure,
     timetable,
 )
-from helpers.workshop.wheels import (
+from tools.workshop.wheels import (
     COURSE_EXTRAS,
     WheelhouseError,
     prepare_wheelhouse,
@@ -103,7 +103,7 @@ def prepare(args, source: Source | None = None, run=None) -> int:
 
 def main(argv: list[str] | None = None, source: Source | None = None, run=None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m helpers.workshop",
+        prog="python -m tools.workshop",
         description="Prepare a room offline, check the folder, print measured chapter times.",
     )
     sub = parser.add_subparsers(dest="command", required=True)

@@ -1,11 +1,11 @@
 """The course website: every chapter with its stored outputs, built with Sphinx and MyST-NB.
 
-``python -m helpers.site build [OUT]`` (what ``make site`` runs) writes a source folder with a
+``python -m tools.website build [OUT]`` (what ``make site`` runs) writes a source folder with a
 home page (README.md's title, introduction and chapter table) and a copy of each
 ``chapters/NN_*.ipynb`` found at run time, then builds static HTML into ``OUT`` (default
 ``build/site``) with the settings in ``site/conf.py``. Notebooks are never executed: the site
 shows the outputs committed with them, plots included. The launch badges come from each
-chapter's first cell, where ``python -m helpers.notebook sync`` writes them.
+chapter's first cell, where ``python -m tools.release sync`` writes them.
 
 The site's copies are made for readers (``reader_notebook``): test markers and formatter or
 linter pragmas (``# NBVAL_CHECK_OUTPUT``, ``# fmt: skip``, ``# noqa: E402``) are taken out of the
@@ -175,6 +175,6 @@ def build(out: Path = DEFAULT_OUT, chapters: list[Path] | None = None, quiet: bo
 
 if __name__ == "__main__":
     if not sys.argv[1:2] == ["build"] or len(sys.argv) > 3:
-        sys.exit("usage: python -m helpers.site build [OUT]  (default build/site)")
+        sys.exit("usage: python -m tools.website build [OUT]  (default build/site)")
     built = build(Path(sys.argv[2]) if len(sys.argv) == 3 else DEFAULT_OUT)
     print(f"site: {built / 'index.html'}")

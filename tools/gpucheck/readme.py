@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from helpers.gpucheck.jobs import CLAIMS
 from helpers.hardware import card_budget
+from tools.gpucheck.jobs import CLAIMS
 
-BEGIN = "<!-- gpucheck:begin (python -m helpers.gpucheck readme writes this part) -->"
+BEGIN = "<!-- gpucheck:begin (python -m tools.gpucheck readme writes this part) -->"
 END = "<!-- gpucheck:end -->"
 
 

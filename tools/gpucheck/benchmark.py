@@ -8,7 +8,7 @@ fp16 on a T4, adamw_8bit; its stored output reports 7.89 GB peak reserved memory
 in issue 33). Here every sequence is a full 2,048 tokens (their Alpaca rows are shorter), so
 these peaks are an upper bound of theirs.
 
-    python -m helpers.gpucheck.benchmark course|peft MODEL_DIR OUT.json [--steps 3]
+    python -m tools.gpucheck.benchmark course|peft MODEL_DIR OUT.json [--steps 3]
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def run(loop: str, model_dir: str, steps: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m helpers.gpucheck.benchmark")
+    parser = argparse.ArgumentParser(prog="python -m tools.gpucheck.benchmark")
     parser.add_argument("loop", choices=["course", "peft"])
     parser.add_argument("model_dir")
     parser.add_argument("out")

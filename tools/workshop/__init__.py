@@ -1,10 +1,10 @@
 """Prepare a room for a workshop: every model and wheel on one folder a USB stick can carry,
 a check of that folder, and a timetable of measured chapter run times.
 
-    python -m helpers.workshop prepare DIR --profiles t4,gpu-4gb [--platform TAG] [--with-torch]
-    python -m helpers.workshop check DIR
-    python -m helpers.workshop measure [--label NAME] [CHAPTER ...]
-    python -m helpers.workshop timetable [TIMINGS.json ...]
+    python -m tools.workshop prepare DIR --profiles t4,gpu-4gb [--platform TAG] [--with-torch]
+    python -m tools.workshop check DIR
+    python -m tools.workshop measure [--label NAME] [CHAPTER ...]
+    python -m tools.workshop timetable [TIMINGS.json ...]
 
 What ``prepare`` writes into DIR:
 
@@ -19,15 +19,15 @@ What ``prepare`` writes into DIR:
 ``HF_HOME=DIR/hf HF_HUB_OFFLINE=1`` then makes every profile's hub id load from the folder.
 Models are fetched at the commit each profile pins (``Profile.revision``).
 
-``check`` verifies exactly the manifest (``helpers/workshop/manifest.py``): every listed file
+``check`` verifies exactly the manifest (``tools/workshop/manifest.py``): every listed file
 present and unchanged, paths only inside DIR, nothing unlisted under ``hf/`` or ``wheels/``, and
 the manifest itself as ``prepare`` wrote it.
 """
 
-from helpers.workshop.manifest import MANIFEST, check_folder
-from helpers.workshop.models import FetchError, HubSource, RemoteFile, prepare_models
-from helpers.workshop.timetable import load_timings, timetable
-from helpers.workshop.wheels import WheelhouseError, prepare_wheelhouse
+from tools.workshop.manifest import MANIFEST, check_folder
+from tools.workshop.model_files import FetchError, HubSource, RemoteFile, prepare_models
+from tools.workshop.timetable import load_timings, timetable
+from tools.workshop.wheels import WheelhouseError, prepare_wheelhouse
 
 __all__ = [
     "MANIFEST",

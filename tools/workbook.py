@@ -1,7 +1,7 @@
 """The learners' workbook: a copy of every chapter to type into, generated from ``chapters/``.
 
-    python -m helpers.workbook sync    # (re)write workbook/NN_name.ipynb from chapters/
-    python -m helpers.workbook check   # exit 1 when a copy is out of date, missing or extra
+    python -m tools.workbook sync    # (re)write workbook/NN_name.ipynb from chapters/
+    python -m tools.workbook check   # exit 1 when a copy is out of date, missing or extra
 
 A workbook notebook is its chapter with the exercise cells' outputs cleared (the stubs stay
 stubs: a chapter never carries a solution), its launch badges pointing at the workbook copy, and
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import nbformat
 
-from helpers.notebook import badges
 from helpers.paths import CHAPTERS_DIR, PACKAGE_DIR
+from tools.badges import badges
 
 WORKBOOK_DIR = PACKAGE_DIR.parent / "workbook"
 SOLUTIONS_DIR = PACKAGE_DIR.parent / "solutions"
@@ -94,7 +94,7 @@ def out_of_date(chapters_dir: Path = CHAPTERS_DIR, out_dir: Path = WORKBOOK_DIR)
         if not target.is_file():
             problems.append(f"missing: {target}")
         elif target.read_text() != nbformat.writes(workbook_notebook(chapter)) + "\n":
-            problems.append(f"out of date: {target} (run python -m helpers.workbook sync)")
+            problems.append(f"out of date: {target} (run python -m tools.workbook sync)")
     extra = [p for p in Path(out_dir).glob("*.ipynb") if p.name not in names]
     return problems + [f"extra: {p} (its chapter is gone)" for p in sorted(extra)]
 
@@ -172,4 +172,4 @@ if __name__ == "__main__":
         print("\n".join(stale) or "every workbook notebook is up to date")
         sys.exit(1 if stale else 0)
     else:
-        sys.exit("usage: python -m helpers.workbook sync|check")
+        sys.exit("usage: python -m tools.workbook sync|check")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from helpers.notebook import NO_DEPS_EXTRAS
 from helpers.paths import PACKAGE_DIR
-from helpers.workshop.manifest import PARTIAL, file_hashes
+from tools.workshop.manifest import PARTIAL, file_hashes
 
 # torch and what only torch pulls in (CUDA libraries, triton): gigabytes a room rarely needs.
 TORCH_FAMILY = re.compile(r"^(torch|triton|nvidia-.*|cuda-.*)$")

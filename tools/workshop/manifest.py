@@ -77,7 +77,7 @@ def read_manifest(folder: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} is missing: {folder} is not a finished workshop folder "
-            "(run `python -m helpers.workshop prepare` again: it resumes)."
+            "(run `python -m tools.workshop prepare` again: it resumes)."
         )
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))

@@ -1,8 +1,8 @@
 """Run the chapters with papermill: the whole course, a test copy, or one chapter in place.
 
-    python -m helpers.course run [--profile auto] [CHAPTER ...]   # make course
-    python -m helpers.course prepare OUT_DIR [--profile tiny]     # copies for the test suite
-    python -m helpers.course refresh chapters/NN_x.ipynb ...      # re-run a chapter in place
+    python -m tools.course run [--profile auto] [CHAPTER ...]   # make course
+    python -m tools.course prepare OUT_DIR [--profile tiny]     # copies for the test suite
+    python -m tools.course refresh chapters/NN_x.ipynb ...      # re-run a chapter in place
 
 ``run`` executes each chapter into ``build/``, times it, and prints a table with the numbers
 each chapter recorded through ``helpers.report`` (also in ``build/results.json``).
@@ -202,7 +202,7 @@ def refresh(paths: list[Path]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m helpers.course", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tools.course", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="execute chapters into build/ and print the table")
     p_run.add_argument("--profile", default=os.environ.get("PROFILE") or "auto")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from helpers.hardware import CARD_TOTAL_GIB
 
-# The chapters each GPU profile claims (README, "What runs where"; memguard.UNSUPPORTED lists
+# The chapters each GPU profile claims (README, "What runs where"; memory_guard.UNSUPPORTED lists
 # what a chapter stops on): t4 runs 00-05 and 08; gpu-4gb 00-05 and 08; t4-8b chapters 00, 03 and
 # 04 (01, 02 and 05 stop at their first cell on it). Chapters 06-07 join as they run on GPU profiles.
 CLAIMS: dict[str, tuple[str, ...]] = {

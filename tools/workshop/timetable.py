@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from helpers.paths import CHAPTERS_DIR, DATA_DIR, REPO_ROOT, build_dir
-from helpers.workshop.manifest import write_json_atomically
+from tools.workshop.manifest import write_json_atomically
 
 # The machines the course is written for (DESIGN.md), always shown as columns.
 PLATFORMS = ("cpu-tiny", "colab-t4", "kaggle-t4x2", "kaggle-p100", "gpu-4gb")
@@ -116,7 +116,7 @@ def machine_about(profile: str) -> dict:
     """Where a measurement is taken: CPU, cores, GPU, torch, profile, load, date."""
     import torch
 
-    from helpers.course import profile_label
+    from tools.course import profile_label
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     return {
@@ -143,7 +143,7 @@ def measure(label: str, profile: str, names: list[str] | None, out: Path) -> Pat
     Returns:
         The timing file written.
     """
-    from helpers.course import chapters, execute
+    from tools.course import chapters, execute
 
     data = {"_platform": machine_about(profile)}
     run_dir = build_dir() / "timing-runs" / label
