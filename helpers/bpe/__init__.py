@@ -15,6 +15,17 @@ corpus it was trained on (``tokenizer_corpus``) and the checks of what the twins
 
 from __future__ import annotations
 
+# The names both twins define, with the same signatures (tests/test_twin_contract.py).
+PUBLIC_NAMES = (
+    "bytes_to_unicode",
+    "pre_tokenize",
+    "train_bpe",
+    "get_vocab",
+    "get_merges",
+    "encode",
+    "decode",
+)
+
 import json
 from collections.abc import Iterable, Iterator, Sequence
 

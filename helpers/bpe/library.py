@@ -23,9 +23,6 @@ from helpers.bpe import (
     checked_texts,
 )
 
-__all__ = ["bytes_to_unicode", "pre_tokenize", "train_bpe", "get_vocab", "get_merges"]
-__all__ += ["encode", "decode"]
-
 
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's printable character for each byte value, as transformers ships it (the table

@@ -48,9 +48,6 @@ from helpers.bpe import (
     checked_texts,
 )
 
-__all__ = ["bytes_to_unicode", "pre_tokenize", "train_bpe", "get_vocab", "get_merges"]
-__all__ += ["encode", "decode"]
-
 # GPT-2's split into words (its encoder.py, used by tokenizers' ByteLevel pre-tokenizer): a few
 # English contractions, an optional space then letters, then digits, then other symbols, and
 # runs of whitespace. A merge never crosses a word boundary, so " the" can become one token

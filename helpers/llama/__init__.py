@@ -12,6 +12,9 @@ imported here, so importing the package costs nothing.
 
 from __future__ import annotations
 
+# The names both twins define, with the same signatures (tests/test_twin_contract.py).
+PUBLIC_NAMES = ("build_llama", "load_llama", "llama_logits")
+
 # What the naive twin writes out; a config asking for anything else is refused by name.
 SUPPORTED = {
     "hidden_act": "silu",

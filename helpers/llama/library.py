@@ -16,8 +16,6 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from helpers.checks import token_ids
 from helpers.llama import check_config
 
-__all__ = ["build_llama", "load_llama", "llama_logits"]
-
 
 def build_llama(
     config: LlamaConfig, state_dict: dict[str, torch.Tensor] | None = None

@@ -40,8 +40,6 @@ from helpers.llama import check_config, rope_settings
 if TYPE_CHECKING:
     from transformers import LlamaConfig
 
-__all__ = ["build_llama", "load_llama", "llama_logits"]
-
 
 class RMSNorm(nn.Module):
     """x / sqrt(mean(x^2) + eps) * weight (Zhang & Sennrich 2019): LayerNorm without the mean."""

@@ -20,6 +20,9 @@ blocks of ``block_size`` tokens; the group's last partial block is dropped (as t
 
 from __future__ import annotations
 
+# The names both twins define, with the same signatures (tests/test_twin_contract.py).
+PUBLIC_NAMES = ("stream_blocks", "next_token_loss", "lr_schedule", "perplexity", "pretrain")
+
 from collections.abc import Sequence
 from pathlib import Path
 

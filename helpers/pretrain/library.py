@@ -27,8 +27,6 @@ from helpers.pretrain import (
     train_loop,
 )
 
-__all__ = ["stream_blocks", "next_token_loss", "lr_schedule", "perplexity", "pretrain"]
-
 
 def stream_blocks(
     paths: str | Path | Sequence[str | Path],

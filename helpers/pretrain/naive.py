@@ -34,8 +34,6 @@ from helpers.pretrain import (
     train_loop,
 )
 
-__all__ = ["stream_blocks", "next_token_loss", "lr_schedule", "perplexity", "pretrain"]
-
 
 def read_documents(paths: list[Path], min_chars: int) -> Iterator[str]:
     """One document per line, the blank and the short ones skipped, one line in memory."""
