@@ -20,6 +20,7 @@ Leaving the reference terms out of the loss moves the loss by 0.08 to 0.48 and t
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import math
 
@@ -151,6 +152,9 @@ def test_completion_logps_agree_and_skip_the_prompt(tiny_profile, pairs):
     with torch.no_grad():
         mine = dpo_naive.completion_logps(model, batch)
         theirs = dpo_library.completion_logps(model, batch)
+        patched = model.get_base_model().forward
+        dpo_library.completion_logps(model, batch)  # TRL's fused head is added once only
+        assert model.get_base_model().forward == patched
         # the prompt is given, not predicted: changing a prompt token's mask changes the sum
         whole = dict(batch, completion_mask=batch["attention_mask"])
         with_prompt = dpo_naive.completion_logps(model, whole)
@@ -241,10 +245,11 @@ def test_a_model_without_adapter_and_a_bad_batch_are_refused(tiny_profile, pairs
         TWINS[twin].completion_logps(peft_model, alien)
 
 
-def test_twins_declare_the_same_public_names():
+def test_twins_declare_the_same_public_names_and_signatures():
     assert dpo_library.__all__ == dpo_naive.__all__
     for name in dpo_naive.__all__:
-        assert hasattr(dpo_library, name), name
+        mine, theirs = getattr(dpo_naive, name), getattr(dpo_library, name)
+        assert inspect.signature(mine) == inspect.signature(theirs), name
 
 
 # --- Preference pairs from the task -----------------------------------------------------------

@@ -15,6 +15,7 @@ moves the gradients by more than 1 % of their norm.
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 
 import pytest
@@ -227,7 +228,8 @@ def test_a_model_without_adapter_is_refused(tiny_profile, rollouts, twin):
         TWINS[twin].grpo_loss(model, tokenizer, records, completions, G)
 
 
-def test_twins_declare_the_same_public_names():
+def test_twins_declare_the_same_public_names_and_signatures():
     assert grpo_library.__all__ == grpo_naive.__all__
     for name in grpo_naive.__all__:
-        assert hasattr(grpo_library, name), name
+        mine, theirs = getattr(grpo_naive, name), getattr(grpo_library, name)
+        assert inspect.signature(mine) == inspect.signature(theirs), name

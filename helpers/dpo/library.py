@@ -37,6 +37,14 @@ from helpers.sft import quiet_version_skew
 __all__ = ["DPOOutput", "completion_logps", "dpo_loss"]
 
 
+def _has_fused_head(model: torch.nn.Module) -> bool:
+    """Whether TRL's ``add_fused_lm_head`` already replaced this model's forward (its forward
+    takes ``fused_lm_head``); adding it again would wrap the forward once more."""
+    forward = getattr(model.forward, "__func__", model.forward)
+    code = getattr(forward, "__code__", None)
+    return code is not None and "fused_lm_head" in code.co_varnames
+
+
 def completion_logps(
     model: torch.nn.Module, batch: dict[str, torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,7 +56,7 @@ def completion_logps(
     check_adapter(model)
     batch = check_batch(model, batch)
     base = model.get_base_model()
-    if "forward" not in vars(base):  # not patched yet: TRL sets the fused forward on the object
+    if not _has_fused_head(base):
         add_fused_lm_head(base)
     device = next(model.parameters()).device
     labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100).to(device)
@@ -109,13 +117,15 @@ def dpo_loss(
     trainer = _trainer(model, tokenizer, records, beta)
     rows = [trainer.train_dataset[i] for i in range(len(records))]
     batch = trainer.data_collator(rows)  # (N, T) tensors, chosen rows first
+    device = next(model.parameters()).device
+    on_device = {name: tensor.to(device) for name, tensor in batch.items()}
     model.train()  # TRL logs under "train" when the model is in training mode
-    loss = trainer.compute_loss(model, batch)
+    loss = trainer.compute_loss(model, on_device)
     trainer.log({})  # the batch means, into trainer.state.log_history
     logged = trainer.state.log_history[-1]
     with torch.no_grad():
         chosen, rejected = completion_logps(model, batch)
-        ref_chosen, ref_rejected = trainer.compute_ref_log_probs(model, batch)
+        ref_chosen, ref_rejected = trainer.compute_ref_log_probs(model, on_device)
     metrics = {name: float(logged[name]) for name in METRIC_NAMES}
     return DPOOutput(
         loss, beta * (chosen - ref_chosen), beta * (rejected - ref_rejected), metrics, batch

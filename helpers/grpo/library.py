@@ -135,4 +135,6 @@ def grpo_loss(
         k: inputs[k].cpu()
         for k in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
     }
-    return GRPOOutput(loss, torch.tensor(seen["rewards"]), inputs["advantages"].detach(), batch)
+    return GRPOOutput(
+        loss, torch.tensor(seen["rewards"]), inputs["advantages"].detach().cpu(), batch
+    )

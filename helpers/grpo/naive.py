@@ -144,6 +144,7 @@ def grpo_loss(
     rewards = torch.tensor(task_reward(answers, golds))  # (N,)
     advantages = _group_advantages(rewards, num_generations).unsqueeze(1)  # (N, 1)
     logps = _token_logps(model, batch)  # (N, C)
+    advantages = advantages.to(logps.device)
     mask = batch["completion_mask"].to(logps.device).float()
     if old_logps is None:
         old_logps = logps.detach()
@@ -169,4 +170,4 @@ def grpo_loss(
         loss = (per_token * mask).sum() / mask.sum().clamp(min=1.0)
     else:  # each answer weighs the same, whatever its length
         loss = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
-    return GRPOOutput(loss, rewards, advantages.squeeze(1).detach(), batch)
+    return GRPOOutput(loss, rewards, advantages.squeeze(1).detach().cpu(), batch)
