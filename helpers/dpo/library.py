@@ -13,9 +13,18 @@ Settings chosen here, and why:
   the model's own dtype (load the model in bf16 for a 16-bit run).
 - ``max_length=None``: TRL keeps the first 1024 tokens by default; nothing is cut here.
 - ``pad_to_multiple_of=None``: the batch is padded to its longest row, as the naive twin pads.
+- A text record's prompt is wrapped in the chat template before TRL sees it
+  (``helpers.dpo.pairs.to_trl_record``): the course's prompts are raw task prompts and its models
+  chat models. TRL itself uses a text prompt as it is; give conversational records (lists of
+  turns) to leave the template to TRL.
 - A model that already has an adapter makes TRL keep a frozen copy of it, named "ref", as the
   reference. The course's reference is the model under the adapter (see ``naive``), so that copy
   is deleted and TRL falls back to ``disable_adapter``, as it does for a new adapter.
+
+Side effects on the model, TRL's own: every dropout is set to 0 (``disable_dropout``, on by
+default; the naive twin matches TRL only without dropout), and each ``dpo_loss`` call builds a
+trainer that wraps the forward in its fused head once more (the numbers are unchanged). This twin
+checks one batch; to train, use the trainer itself.
 """
 
 from __future__ import annotations

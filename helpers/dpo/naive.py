@@ -18,8 +18,9 @@ SFT model.
 
 Conventions follow TRL 1.16's ``DPOTrainer`` so that ``helpers.dpo.library`` computes the same
 numbers: a batch holds the B chosen sequences, then the B rejected ones (2B rows), right-padded;
-a text answer gets the eos token appended; the completion starts where the tokens of the prompt
-and of prompt + answer part (usually right after the prompt).
+a text answer gets the eos token appended, and texts are tokenized with the tokenizer's own
+special tokens (``add_special_tokens`` at its default, as TRL calls it); the completion starts
+where the tokens of the prompt and of prompt + answer part (usually right after the prompt).
 
 Dimension names: B pairs, N = 2B sequences, T tokens, V vocabulary.
 """
