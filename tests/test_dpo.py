@@ -32,6 +32,8 @@ from helpers.data import load_jsonl, load_task
 from helpers.dpo import library as dpo_library
 from helpers.dpo import naive as dpo_naive
 from helpers.dpo.pairs import flipped_label_pairs, on_policy_pairs, to_trl_record
+from helpers.lora import library as lora_library
+from helpers.lora import naive as lora_naive
 from helpers.lora.library import add_lora
 from helpers.models import load_model
 from helpers.task import FIELDS, generate_answers
@@ -169,6 +171,42 @@ def test_a_fresh_adapter_is_the_reference(tiny_profile, pairs):
     out = dpo_naive.dpo_loss(model, tokenizer, pairs[:2])
     assert torch.equal(out.chosen_rewards, torch.zeros(2))
     assert float(out.loss) == pytest.approx(math.log(2), abs=1e-7)
+
+
+def own_lora_twin(profile, peft_model):
+    """The course's own LoRA (helpers.lora.naive) on a fresh model, with ``peft_model``'s
+    adapter copied in (both keep peft's layout)."""
+    model, _ = load_model(profile)
+    model.to(peft_model.get_base_model().dtype)
+    lora_naive.add_lora(model, profile.lora_r, profile.lora_alpha, profile.target_modules)
+    lora_naive.load_lora_state_dict(model, lora_library.lora_state_dict(peft_model))
+    return model
+
+
+def same_names(grads: dict) -> dict:
+    """Gradients under one naming: peft's ``base_model.model.`` prefix and ``.default`` removed."""
+    return {
+        n.removeprefix("base_model.model.").replace(".default", ""): g for n, g in grads.items()
+    }
+
+
+def test_the_course_s_own_lora_gives_the_same_loss(tiny_profile, pairs):
+    """The naive twin on helpers.lora.naive layers (reference: scaling set to 0) matches TRL on
+    the same adapter held by peft."""
+    peft_model, tokenizer = lora_model(tiny_profile)
+    own = own_lora_twin(tiny_profile, peft_model)
+    mine = dpo_naive.dpo_loss(own, tokenizer, pairs, beta=BETA)
+    mine.loss.backward()
+    theirs = dpo_library.dpo_loss(peft_model, tokenizer, pairs, beta=BETA)
+    theirs.loss.backward()
+    assert_values_agree(mine, theirs, 1e-5)
+    assert_grads_agree(same_names(lora_grads(own)), same_names(lora_grads(peft_model)), 1e-5)
+    assert all(layer.scaling > 0 for layer in own.modules() if hasattr(layer, "lora_A"))
+    lora_naive.merge_lora(own)
+    with pytest.raises(ValueError, match="a merged LoRA layer cannot be switched off"):
+        dpo_naive.dpo_loss(own, tokenizer, pairs[:1])
+    with pytest.raises(TypeError, match="model must be a peft model:"):
+        dpo_library.dpo_loss(own, tokenizer, pairs[:1])  # TRL needs peft
 
 
 def test_library_keeps_the_adapter_under_test_as_is(tiny_profile, pairs):

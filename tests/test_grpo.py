@@ -26,6 +26,8 @@ from helpers.data import load_task
 from helpers.grpo import library as grpo_library
 from helpers.grpo import naive as grpo_naive
 from helpers.grpo import task_reward
+from helpers.lora import library as lora_library
+from helpers.lora import naive as lora_naive
 from helpers.lora.library import add_lora
 from helpers.models import load_model
 
@@ -184,6 +186,28 @@ def test_the_check_rejects_a_wrong_loss(both, mistake):
     model.zero_grad()
     wrong_loss(model, mine, settings, mistake).backward()
     assert grad_gap(lora_grads(model), their_grads) > max(GRAD_TOL[dtype], 100 * TOL)
+
+
+def test_the_course_s_own_lora_gives_the_same_loss(tiny_profile, rollouts):
+    """The naive twin on helpers.lora.naive layers (KL reference: scaling set to 0) matches TRL
+    on the same adapter held by peft."""
+    records, completions = rollouts
+    peft_model, tokenizer = lora_model(tiny_profile)
+    own, _ = load_model(tiny_profile)
+    lora_naive.add_lora(
+        own, tiny_profile.lora_r, tiny_profile.lora_alpha, tiny_profile.target_modules
+    )
+    lora_naive.load_lora_state_dict(own, lora_library.lora_state_dict(peft_model))
+    mine = grpo_naive.grpo_loss(own, tokenizer, records, completions, G, beta=0.1)
+    mine.loss.backward()
+    theirs = grpo_library.grpo_loss(peft_model, tokenizer, records, completions, G, beta=0.1)
+    theirs.loss.backward()
+    torch.testing.assert_close(mine.loss.detach(), theirs.loss.detach(), atol=TOL, rtol=TOL)
+    peft_names = {
+        n.removeprefix("base_model.model.").replace(".default", ""): g
+        for n, g in lora_grads(peft_model).items()
+    }
+    assert grad_gap(lora_grads(own), peft_names) <= TOL
 
 
 def test_library_keeps_the_adapter_under_test_as_is(tiny_profile, rollouts):

@@ -6,9 +6,14 @@ Two twins with the same public names, imported explicitly:
     from helpers.dpo import naive, library
 
 ``naive`` computes the loss by hand in plain torch; ``library`` asks TRL's ``DPOTrainer`` for
-it. ``helpers.dpo.pairs`` builds the preference pairs from the course's task. Nothing is
-imported here, so importing the package costs nothing.
+it. ``helpers.dpo.pairs`` builds the preference pairs from the course's task. This module holds
+the checks both twins share and the reference switch (``adapter_disabled``); it imports nothing
+heavy until a function is called.
 """
+
+from __future__ import annotations
+
+import contextlib
 
 # The names TRL's DPOTrainer logs its batch means under (``trainer.state.log_history``); both
 # twins report their means under them.
@@ -23,15 +28,59 @@ METRIC_NAMES = (
 BATCH_KEYS = ("input_ids", "attention_mask", "completion_mask")
 
 
-def check_adapter(model: object) -> None:
-    """The policy must be a peft model: its reference is the same model, adapter disabled."""
+def check_adapter(model: object, own_lora: bool = False) -> None:
+    """The policy must carry an adapter: its reference is the same model, adapter disabled.
+
+    Args:
+        own_lora: also take the course's own LoRA layers (``helpers.lora.naive``), as the naive
+            twins do; TRL needs a peft model.
+    """
     from peft import PeftModel
 
-    if not isinstance(model, PeftModel):
-        raise TypeError(
-            "model must be a peft model (the reference is the model with its adapter disabled), "
-            f"got {type(model).__name__}: add an adapter with helpers.lora.library.add_lora"
+    if isinstance(model, PeftModel):
+        return
+    if own_lora:
+        from helpers.lora.naive import LoRALinear
+
+        if hasattr(model, "modules") and any(isinstance(m, LoRALinear) for m in model.modules()):
+            return
+    also = " or carry the course's own LoRA layers (helpers.lora.naive)" if own_lora else ""
+    raise TypeError(
+        f"model must be a peft model{also}: the reference is the model with its adapter "
+        f"disabled. Got a {type(model).__name__} without one: add it with add_lora"
+    )
+
+
+@contextlib.contextmanager
+def adapter_disabled(model):
+    """Run ``model`` without its adapter: what it computed before LoRA was added.
+
+    A peft model has ``disable_adapter``. The course's own LoRA layers get ``scaling = 0`` for
+    the duration: W x + 0 * B A x is exactly W x, in every dtype.
+
+    Raises:
+        ValueError: a merged LoRA layer (B A is inside W and cannot be switched off).
+    """
+    if hasattr(model, "disable_adapter"):
+        with model.disable_adapter():
+            yield
+        return
+    from helpers.lora.naive import LoRALinear
+
+    layers = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    if any(layer.merged for layer in layers):
+        raise ValueError(
+            "model: a merged LoRA layer cannot be switched off (B A is inside W): call "
+            "helpers.lora.naive.unmerge_lora(model) first"
         )
+    scalings = [layer.scaling for layer in layers]
+    try:
+        for layer in layers:
+            layer.scaling = 0.0
+        yield
+    finally:
+        for layer, scaling in zip(layers, scalings, strict=True):
+            layer.scaling = scaling
 
 
 def check_records(records: object) -> list:

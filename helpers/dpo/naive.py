@@ -11,8 +11,9 @@ answer (section 5); the preference accuracy is the share of pairs whose chosen a
 higher reward. log pi(y|x) is a sum over the answer's tokens only: the prompt is given, not
 predicted.
 
-The reference is the same model with its adapter switched off (peft's ``disable_adapter``): the
-weights under the adapter, so no second copy of the model sits in memory. To run DPO after SFT,
+The reference is the same model with its adapter switched off (peft's ``disable_adapter``, or
+``scaling = 0`` on the course's own LoRA layers: ``helpers.dpo.adapter_disabled``): the weights
+under the adapter, so no second copy of the model sits in memory. To run DPO after SFT,
 merge the SFT adapter into the weights first and add a fresh adapter; the reference is then the
 SFT model.
 
@@ -34,7 +35,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
 from helpers.checks import positive_number
-from helpers.dpo import METRIC_NAMES, check_adapter, check_batch, check_records
+from helpers.dpo import METRIC_NAMES, adapter_disabled, check_adapter, check_batch, check_records
 from helpers.dpo.pairs import to_trl_record
 
 __all__ = ["DPOOutput", "completion_logps", "dpo_loss"]
@@ -143,21 +144,21 @@ def dpo_loss(
     """The DPO loss of a batch of preference pairs, with the implicit rewards and accuracy.
 
     Args:
-        model: a peft model with a LoRA adapter (the policy); with the adapter disabled, it is
-            the reference.
+        model: the policy: a peft model with a LoRA adapter, or a model with the course's own
+            LoRA layers (``helpers.lora.naive``); with the adapter disabled, the reference.
         records: B preference pairs ``{"prompt", "chosen", "rejected"}``, text (the raw task
             prompt: ``helpers.dpo.pairs``) or conversational (lists of turns).
         beta: how far the policy may move from the reference (0.1, TRL's default).
     Returns:
         A ``DPOOutput``; call ``output.loss.backward()`` for the LoRA gradients.
     """
-    check_adapter(model)
+    check_adapter(model, own_lora=True)
     beta = positive_number(beta, "beta")
     records = check_records(records)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     batch = _collate([_tokenize_pair(tokenizer, r) for r in records], pad)  # as TRL pads
     chosen, rejected = completion_logps(model, batch)  # (B,) each
-    with torch.no_grad(), model.disable_adapter():  # the reference: W x alone
+    with torch.no_grad(), adapter_disabled(model):  # the reference: W x alone
         ref_chosen, ref_rejected = completion_logps(model, batch)
     chosen_logratios, rejected_logratios = chosen - ref_chosen, rejected - ref_rejected
     loss = -F.logsigmoid(beta * (chosen_logratios - rejected_logratios)).mean()

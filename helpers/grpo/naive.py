@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
 from helpers.checks import finite_tensor, whole_number
-from helpers.dpo import check_adapter
+from helpers.dpo import adapter_disabled, check_adapter
 from helpers.grpo import check_rollouts, check_settings, encode_rollouts, task_reward
 
 __all__ = ["GRPOOutput", "grpo_loss"]
@@ -116,7 +116,8 @@ def grpo_loss(
     """The GRPO loss of given rollouts: G answers to each task record.
 
     Args:
-        model: a peft model with a LoRA adapter (the policy).
+        model: the policy: a peft model with a LoRA adapter, or a model with the course's own
+            LoRA layers (``helpers.lora.naive``).
         records: B task records (``prompt``, and the reference JSON as ``completion``).
         completions: B * G answer texts, the G answers to ``records[b]`` at b * G .. b * G + G - 1.
         beta: weight of the KL term to the reference (the model, adapter disabled); 0: none.
@@ -126,7 +127,7 @@ def grpo_loss(
     Returns:
         A ``GRPOOutput``.
     """
-    check_adapter(model)
+    check_adapter(model, own_lora=True)
     check_rollouts(records, completions, num_generations)
     beta, epsilon = check_settings(beta, epsilon, loss_type)
     prompt_ids, completion_ids = encode_rollouts(tokenizer, records, completions, num_generations)
@@ -159,7 +160,7 @@ def grpo_loss(
     clipped = torch.clamp(ratio, 1 - epsilon, 1 + epsilon)
     per_token = -torch.min(ratio * advantages, clipped * advantages)  # pessimistic bound (PPO)
     if beta:
-        with torch.no_grad(), model.disable_adapter():
+        with torch.no_grad(), adapter_disabled(model):
             ref = _token_logps(model, batch)
         kl = torch.exp(ref - logps) - (ref - logps) - 1  # (N, C), >= 0, unbiased for KL(pi|ref)
         # Weighted by the ratio (DeepSeek-V3.2, arXiv:2512.02556; TRL's use_bias_correction_kl,
