@@ -11,7 +11,7 @@ every line and names the file, the line and the field at fault.
 
 Preference tuning (DPO) reads TRL's preference format, as text or as conversations::
 
-    {"prompt": "Tag this review ...", "chosen": "{\"category\": ...}", "rejected": "{...}"}
+    {"prompt": "Tag this review ...", "chosen": "{\\"category\\": ...}", "rejected": "{...}"}
     {"prompt": [{"role": "user", "content": "..."}],
      "chosen": [{"role": "assistant", "content": "..."}], "rejected": [{"role": "assistant", ...}]}
 """
