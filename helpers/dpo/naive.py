@@ -1,4 +1,5 @@
-"""DPO by hand, in plain torch, on a causal LM that carries a peft LoRA adapter.
+"""DPO by hand, in plain torch, on a causal LM that carries a LoRA adapter (peft's or the
+course's own, ``helpers.lora.naive``).
 
 DPO (Rafailov et al. 2023, arXiv:2305.18290, eq. 7) trains a policy pi on pairs (x, y_w, y_l)
 where y_w is preferred, against a frozen reference pi_ref:

@@ -1,4 +1,5 @@
-"""GRPO by hand, in plain torch, on a causal LM with a peft LoRA adapter, on given rollouts.
+"""GRPO by hand, in plain torch, on a causal LM with a LoRA adapter (peft's or the course's
+own), on given rollouts.
 
 GRPO (Shao et al. 2024, DeepSeekMath, arXiv:2402.03300, section 4.1) samples G answers o_1..o_G
 to each prompt from the policy that was current (pi_old), scores them with a reward r_i, and
