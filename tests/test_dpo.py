@@ -23,6 +23,7 @@ import copy
 import inspect
 import json
 import math
+import tempfile
 
 import pytest
 import torch
@@ -209,11 +210,14 @@ def test_the_course_s_own_lora_gives_the_same_loss(tiny_profile, pairs):
         dpo_library.dpo_loss(own, tokenizer, pairs[:1])  # TRL needs peft
 
 
-def test_library_keeps_the_adapter_under_test_as_is(tiny_profile, pairs):
-    """TRL adds a frozen "ref" copy of an existing adapter; the twin removes it again."""
+def test_library_keeps_the_adapter_under_test_as_is(tiny_profile, pairs, tmp_path, monkeypatch):
+    """TRL adds a frozen "ref" copy of an existing adapter; the twin removes it again, and the
+    trainer's output folder too."""
     model, tokenizer = lora_model(tiny_profile)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     dpo_library.dpo_loss(model, tokenizer, pairs[:2])
+    assert list(tmp_path.iterdir()) == []
     assert list(model.peft_config) == ["default"] and model.active_adapter == "default"
     after = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     assert before.keys() == after.keys()

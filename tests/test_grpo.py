@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import inspect
 import json
+import tempfile
 
 import pytest
 import torch
@@ -210,12 +211,14 @@ def test_the_course_s_own_lora_gives_the_same_loss(tiny_profile, rollouts):
     assert grad_gap(lora_grads(own), peft_names) <= TOL
 
 
-def test_library_keeps_the_adapter_under_test_as_is(tiny_profile, rollouts):
+def test_library_keeps_the_adapter_under_test_as_is(tiny_profile, rollouts, tmp_path, monkeypatch):
     """With beta > 0 TRL adds a frozen "ref" copy of an existing adapter; the twin removes it."""
     records, completions = rollouts
     model, tokenizer = lora_model(tiny_profile)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     grpo_library.grpo_loss(model, tokenizer, records, completions, G, beta=0.04)
     assert list(model.peft_config) == ["default"] and model.active_adapter == "default"
+    assert list(tmp_path.iterdir()) == []  # the trainer's output folder is gone
 
 
 def test_task_reward_scores_json_and_fields():

@@ -79,11 +79,11 @@ def completion_logps(
     return out.log_probs.sum(dim=1).chunk(2)  # (N, T-1) -> (N,) -> chosen, rejected
 
 
-def _trainer(model, tokenizer, records: list[dict], beta: float) -> DPOTrainer:
+def _trainer(model, tokenizer, records: list[dict], beta: float, output_dir: str) -> DPOTrainer:
     """A DPOTrainer over ``records`` (one batch of them all), reference = adapter disabled."""
     datasets.disable_progress_bars()
     config = DPOConfig(
-        output_dir=tempfile.mkdtemp(prefix="dpo-"),
+        output_dir=output_dir,  # nothing is saved there (save_strategy="no")
         beta=beta,
         loss_type=["sigmoid"],
         per_device_train_batch_size=len(records),
@@ -123,18 +123,19 @@ def dpo_loss(
     check_adapter(model)
     beta = positive_number(beta, "beta")
     records = check_records(records)
-    trainer = _trainer(model, tokenizer, records, beta)
-    rows = [trainer.train_dataset[i] for i in range(len(records))]
-    batch = trainer.data_collator(rows)  # (N, T) tensors, chosen rows first
-    device = next(model.parameters()).device
-    on_device = {name: tensor.to(device) for name, tensor in batch.items()}
-    model.train()  # TRL logs under "train" when the model is in training mode
-    loss = trainer.compute_loss(model, on_device)
-    trainer.log({})  # the batch means, into trainer.state.log_history
-    logged = trainer.state.log_history[-1]
-    with torch.no_grad():
-        chosen, rejected = completion_logps(model, batch)
-        ref_chosen, ref_rejected = trainer.compute_ref_log_probs(model, on_device)
+    with tempfile.TemporaryDirectory(prefix="dpo-") as output_dir:
+        trainer = _trainer(model, tokenizer, records, beta, output_dir)
+        rows = [trainer.train_dataset[i] for i in range(len(records))]
+        batch = trainer.data_collator(rows)  # (N, T) tensors, chosen rows first
+        device = next(model.parameters()).device
+        on_device = {name: tensor.to(device) for name, tensor in batch.items()}
+        model.train()  # TRL logs under "train" when the model is in training mode
+        loss = trainer.compute_loss(model, on_device)
+        trainer.log({})  # the batch means, into trainer.state.log_history
+        logged = trainer.state.log_history[-1]
+        with torch.no_grad():
+            chosen, rejected = completion_logps(model, batch)
+            ref_chosen, ref_rejected = trainer.compute_ref_log_probs(model, on_device)
     metrics = {name: float(logged[name]) for name in METRIC_NAMES}
     return DPOOutput(
         loss, beta * (chosen - ref_chosen), beta * (rejected - ref_rejected), metrics, batch

@@ -98,39 +98,40 @@ def grpo_loss(
     def rollout(prompts, trainer):  # replaces generation: the given answers, already tokenized
         return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None}
 
-    config = GRPOConfig(
-        output_dir=tempfile.mkdtemp(prefix="grpo-"),
-        num_generations=num_generations,
-        per_device_train_batch_size=len(completions),  # one step scores the whole batch
-        beta=beta,
-        epsilon=epsilon,
-        loss_type=loss_type,
-        scale_rewards="group",
-        temperature=1.0,
-        pad_to_multiple_of=None,
-        bf16=False,
-        fp16=False,
-        use_cpu=not torch.cuda.is_available(),
-        report_to="none",
-        save_strategy="no",
-        disable_tqdm=True,
-    )
-    rows = [{"prompt": r["prompt"], "answer": r["completion"]} for r in records]
-    trainer = _trainer(model, tokenizer, rows, reward, rollout, config)
-    model.train()  # TRL scores and logs under "train" when the model is in training mode
-    group_rows = [row for row in rows for _ in range(num_generations)]  # G copies, in order
-    inputs = trainer._generate_and_score_completions(group_rows)
-    if old_logps is not None:
-        expected = tuple(inputs["completion_ids"].shape)
-        if not isinstance(old_logps, torch.Tensor) or tuple(old_logps.shape) != expected:
-            got = (
-                tuple(old_logps.shape)
-                if isinstance(old_logps, torch.Tensor)
-                else type(old_logps).__name__
-            )
-            raise ValueError(f"old_logps must be (N, C) = {expected}, got {got}")
-        inputs["old_per_token_logps"] = old_logps.to(inputs["completion_ids"].device)
-    loss = trainer.compute_loss(model, inputs)
+    with tempfile.TemporaryDirectory(prefix="grpo-") as output_dir:
+        config = GRPOConfig(
+            output_dir=output_dir,  # nothing is saved there (save_strategy="no")
+            num_generations=num_generations,
+            per_device_train_batch_size=len(completions),  # one step scores the whole batch
+            beta=beta,
+            epsilon=epsilon,
+            loss_type=loss_type,
+            scale_rewards="group",
+            temperature=1.0,
+            pad_to_multiple_of=None,
+            bf16=False,
+            fp16=False,
+            use_cpu=not torch.cuda.is_available(),
+            report_to="none",
+            save_strategy="no",
+            disable_tqdm=True,
+        )
+        rows = [{"prompt": r["prompt"], "answer": r["completion"]} for r in records]
+        trainer = _trainer(model, tokenizer, rows, reward, rollout, config)
+        model.train()  # TRL scores and logs under "train" when the model is in training mode
+        group_rows = [row for row in rows for _ in range(num_generations)]  # G copies, in order
+        inputs = trainer._generate_and_score_completions(group_rows)
+        if old_logps is not None:
+            expected = tuple(inputs["completion_ids"].shape)
+            if not isinstance(old_logps, torch.Tensor) or tuple(old_logps.shape) != expected:
+                got = (
+                    tuple(old_logps.shape)
+                    if isinstance(old_logps, torch.Tensor)
+                    else type(old_logps).__name__
+                )
+                raise ValueError(f"old_logps must be (N, C) = {expected}, got {got}")
+            inputs["old_per_token_logps"] = old_logps.to(inputs["completion_ids"].device)
+        loss = trainer.compute_loss(model, inputs)
     batch = {
         k: inputs[k].cpu()
         for k in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
