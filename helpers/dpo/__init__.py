@@ -108,3 +108,13 @@ def check_batch(model, batch: object) -> dict:
     if not bool(batch["completion_mask"][:, 1:].bool().any(dim=1).all()):
         raise ValueError("batch: a row has no answer token after its first token: nothing to score")
     return batch
+
+
+def check_training(max_steps: object, micro_batch_size: object, lr: object, max_grad_norm: object):
+    """The settings of a DPO training run, both twins alike."""
+    from helpers.checks import positive_number, whole_number
+
+    whole_number(max_steps, "max_steps")
+    whole_number(micro_batch_size, "micro_batch_size")
+    positive_number(lr, "lr")
+    positive_number(max_grad_norm, "max_grad_norm")

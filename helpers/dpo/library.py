@@ -22,9 +22,9 @@ Settings chosen here, and why:
   is deleted and TRL falls back to ``disable_adapter``, as it does for a new adapter.
 
 Side effects on the model, TRL's own: every dropout is set to 0 (``disable_dropout``, on by
-default; the naive twin matches TRL only without dropout), and each ``dpo_loss`` call builds a
-trainer that wraps the forward in its fused head once more (the numbers are unchanged). This twin
-checks one batch; to train, use the trainer itself.
+default; the naive twin matches TRL only without dropout), and each call builds a trainer
+that wraps the forward in its fused head once more (the numbers are unchanged): check a batch
+with ``dpo_loss``, train with one ``dpo_train`` call.
 """
 
 from __future__ import annotations
@@ -38,12 +38,12 @@ from trl import DPOConfig, DPOTrainer
 from trl.trainer.utils import add_fused_lm_head
 
 from helpers.checks import positive_number
-from helpers.dpo import METRIC_NAMES, check_adapter, check_batch, check_records
-from helpers.dpo.naive import DPOOutput
+from helpers.dpo import METRIC_NAMES, check_adapter, check_batch, check_records, check_training
+from helpers.dpo.naive import DPOOutput, DPOResult
 from helpers.dpo.pairs import to_trl_record
 from helpers.sft import quiet_version_skew
 
-__all__ = ["DPOOutput", "completion_logps", "dpo_loss"]
+__all__ = ["DPOOutput", "DPOResult", "completion_logps", "dpo_loss", "dpo_train"]
 
 
 def _has_fused_head(model: torch.nn.Module) -> bool:
@@ -79,10 +79,13 @@ def completion_logps(
     return out.log_probs.sum(dim=1).chunk(2)  # (N, T-1) -> (N,) -> chosen, rejected
 
 
-def _trainer(model, tokenizer, records: list[dict], beta: float, output_dir: str) -> DPOTrainer:
-    """A DPOTrainer over ``records`` (one batch of them all), reference = adapter disabled."""
+def _trainer(
+    model, tokenizer, records: list[dict], beta: float, output_dir: str, **changes
+) -> DPOTrainer:
+    """A DPOTrainer over ``records`` (by default one batch of them all), reference = adapter
+    disabled; ``changes`` are further ``DPOConfig`` fields."""
     datasets.disable_progress_bars()
-    config = DPOConfig(
+    settings = dict(
         output_dir=output_dir,  # nothing is saved there (save_strategy="no")
         beta=beta,
         loss_type=["sigmoid"],
@@ -96,6 +99,7 @@ def _trainer(model, tokenizer, records: list[dict], beta: float, output_dir: str
         save_strategy="no",
         disable_tqdm=True,
     )
+    config = DPOConfig(**{**settings, **changes})
     dataset = datasets.Dataset.from_list([to_trl_record(tokenizer, r) for r in records])
     with quiet_version_skew():
         trainer = DPOTrainer(
@@ -139,4 +143,53 @@ def dpo_loss(
     metrics = {name: float(logged[name]) for name in METRIC_NAMES}
     return DPOOutput(
         loss, beta * (chosen - ref_chosen), beta * (rejected - ref_rejected), metrics, batch
+    )
+
+
+def dpo_train(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    records: list[dict],
+    max_steps: int,
+    micro_batch_size: int,
+    lr: float,
+    beta: float = 0.1,
+    max_grad_norm: float = 1.0,
+    progress: bool = False,
+) -> DPOResult:
+    """Train the model's adapter with ``DPOTrainer.train``; the twin of ``naive.dpo_train``.
+
+    The trainer is set to the naive loop's choices: the records in order
+    (``train_sampling_strategy="sequential"``), torch's AdamW with weight decay 0.01, a constant
+    ``lr``, one micro-batch per step. Returns what the trainer logged at each step.
+    """
+    check_adapter(model)
+    beta = positive_number(beta, "beta")
+    records = check_records(records)
+    check_training(max_steps, micro_batch_size, lr, max_grad_norm)
+    with tempfile.TemporaryDirectory(prefix="dpo-") as output_dir:
+        trainer = _trainer(
+            model,
+            tokenizer,
+            records,
+            beta,
+            output_dir,
+            per_device_train_batch_size=micro_batch_size,
+            max_steps=max_steps,
+            learning_rate=lr,
+            lr_scheduler_type="constant",
+            optim="adamw_torch",
+            weight_decay=0.01,  # torch AdamW's default, which the naive loop uses
+            max_grad_norm=max_grad_norm,
+            train_sampling_strategy="sequential",
+            logging_steps=1,
+            disable_tqdm=not progress,
+        )
+        with quiet_version_skew():
+            trainer.train()
+    steps = [row for row in trainer.state.log_history if "loss" in row and METRIC_NAMES[2] in row]
+    return DPOResult(
+        [float(row["loss"]) for row in steps],
+        [float(row["rewards/accuracies"]) for row in steps],
+        [float(row["rewards/margins"]) for row in steps],
     )

@@ -33,13 +33,21 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from helpers.checks import positive_number
-from helpers.dpo import METRIC_NAMES, adapter_disabled, check_adapter, check_batch, check_records
+from helpers.dpo import (
+    METRIC_NAMES,
+    adapter_disabled,
+    check_adapter,
+    check_batch,
+    check_records,
+    check_training,
+)
 from helpers.dpo.pairs import to_trl_record
 
-__all__ = ["DPOOutput", "completion_logps", "dpo_loss"]
+__all__ = ["DPOOutput", "DPOResult", "completion_logps", "dpo_loss", "dpo_train"]
 
 
 @dataclass
@@ -59,6 +67,16 @@ class DPOOutput:
     rejected_rewards: torch.Tensor
     metrics: dict[str, float]
     batch: dict[str, torch.Tensor]
+
+
+@dataclass
+class DPOResult:
+    """What a training run leaves, one entry per optimizer step: the loss, the preference
+    accuracy and the mean reward margin of the step's micro-batch (before the step)."""
+
+    losses: list[float]
+    accuracies: list[float]
+    margins: list[float]
 
 
 def _prefix_length(ids: list[int], other: list[int]) -> int:
@@ -175,3 +193,45 @@ def dpo_loss(
     )
     metrics = {name: float(value) for name, value in zip(METRIC_NAMES, means, strict=True)}
     return DPOOutput(loss, chosen_rewards, rejected_rewards, metrics, batch)
+
+
+def dpo_train(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    records: list[dict],
+    max_steps: int,
+    micro_batch_size: int,
+    lr: float,
+    beta: float = 0.1,
+    max_grad_norm: float = 1.0,
+    progress: bool = False,
+) -> DPOResult:
+    """Train the adapter with the DPO loss: AdamW at a constant ``lr``, one micro-batch a step.
+
+    Args:
+        records: preference pairs, taken in order ``micro_batch_size`` at a time (the last
+            batch of a pass may be smaller), pass after pass until ``max_steps``.
+        max_grad_norm: the gradient's global norm is clipped to it before each step.
+    Returns:
+        A ``DPOResult``.
+    """
+    check_adapter(model, own_lora=True)
+    beta = positive_number(beta, "beta")
+    records = check_records(records)
+    check_training(max_steps, micro_batch_size, lr, max_grad_norm)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=lr)  # betas 0.9/0.999, weight decay 0.01
+    starts = list(range(0, len(records), micro_batch_size))  # one pass, in order
+    result = DPOResult([], [], [])
+    model.train()
+    for step in tqdm(range(max_steps), desc="DPO", disable=not progress):
+        start = starts[step % len(starts)]
+        out = dpo_loss(model, tokenizer, records[start : start + micro_batch_size], beta)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad()
+        result.losses.append(float(out.loss.detach()))
+        result.accuracies.append(out.metrics["rewards/accuracies"])
+        result.margins.append(out.metrics["rewards/margins"])
+    return result
