@@ -8,6 +8,12 @@ Records use one of the two formats that TRL and ``datasets`` read as they are::
 Only the completion, or the assistant turns, are learned. Bring your own data in either format
 (UTF-8 with or without a byte order mark, UTF-16, or gzip-compressed); ``load_jsonl`` checks
 every line and names the file, the line and the field at fault.
+
+Preference tuning (DPO) reads TRL's preference format, as text or as conversations::
+
+    {"prompt": "Tag this review ...", "chosen": "{\\"category\\": ...}", "rejected": "{...}"}
+    {"prompt": [{"role": "user", "content": "..."}],
+     "chosen": [{"role": "assistant", "content": "..."}], "rejected": [{"role": "assistant", ...}]}
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from helpers.paths import TASK_DIR
 from helpers.task import format_prompt
 
 REQUIRED_FIELDS = ("prompt", "completion")
+PREFERENCE_FIELDS = ("prompt", "chosen", "rejected")
 ROLES = ("system", "user", "assistant")
 # Files that are not text, by their first bytes: what to tell the learner.
 SIGNATURES = {
@@ -87,11 +94,54 @@ def _check_messages(turns: object, where: str) -> None:
         raise ValueError(f"{where}: 'messages' has no assistant turn: nothing to learn")
 
 
+def _check_turns(turns: object, where: str, field: str, roles: tuple[str, ...]) -> None:
+    """One side of a conversational preference pair: a non-empty list of turns in ``roles``."""
+    if not isinstance(turns, list) or not turns:
+        raise ValueError(f"{where}: field {field!r} must be a non-empty list of turns")
+    for number, turn in enumerate(turns):
+        at = f"{where}: {field}[{number}]"
+        if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
+            raise ValueError(f"{at} must be an object with 'role' and 'content'")
+        if turn["role"] not in roles:
+            raise ValueError(f"{at}: role {turn['role']!r} is not one of {roles}")
+        if not isinstance(turn["content"], str) or not turn["content"].strip():
+            raise ValueError(f"{at}: 'content' must be a non-empty string")
+
+
+def _check_preference(record: dict, where: str) -> None:
+    """TRL's preference record: ``prompt``, ``chosen``, ``rejected``, all three strings or all
+    three lists of turns (the prompt ends on a user turn, each answer is assistant turns)."""
+    for name in PREFERENCE_FIELDS:
+        if name not in record:
+            raise ValueError(
+                f"{where}: missing field {name!r} (a preference line needs "
+                f"{', '.join(map(repr, PREFERENCE_FIELDS))})"
+            )
+    if all(isinstance(record[name], str) for name in PREFERENCE_FIELDS):
+        for name in PREFERENCE_FIELDS:
+            _check_string(record, name, where)
+        return
+    if not all(isinstance(record[name], list) for name in PREFERENCE_FIELDS):
+        kinds = {name: type(record[name]).__name__ for name in PREFERENCE_FIELDS}
+        raise ValueError(
+            f"{where}: 'prompt', 'chosen' and 'rejected' must be all strings or all lists of "
+            f"turns, got {kinds}"
+        )
+    _check_turns(record["prompt"], where, "prompt", ROLES)
+    if record["prompt"][-1]["role"] != "user":
+        raise ValueError(f"{where}: the prompt's last turn must be a user turn (the question)")
+    for name in ("chosen", "rejected"):
+        _check_turns(record[name], where, name, ("assistant",))
+
+
 def _check_record(record: object, where: str) -> dict:
-    """Return the record if it is a valid prompt/completion or messages object; raise if not."""
+    """Return the record if it is a valid prompt/completion, messages or preference object;
+    raise if not."""
     if not isinstance(record, dict):
         raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    if "messages" in record:
+    if "chosen" in record or "rejected" in record:
+        _check_preference(record, where)
+    elif "messages" in record:
         _check_messages(record["messages"], where)
     else:
         for name in REQUIRED_FIELDS:
@@ -197,14 +247,15 @@ def _check_path(path: str | Path) -> Path:
 
 
 def load_jsonl(path: str | Path) -> Dataset:
-    """Read a JSONL file of prompt/completion or messages records, checking every line.
+    """Read a JSONL file of prompt/completion, messages or preference records, checking every
+    line.
 
     Args:
         path: a ``.jsonl`` file (``~`` allowed), one JSON object per line (blank lines are
             skipped); UTF-8 with or without a BOM, UTF-16 with a BOM, or gzip of either.
     Returns:
-        A Dataset with the columns ``prompt`` and ``completion``, or ``messages`` (and any
-        extra fields).
+        A Dataset with the columns ``prompt`` and ``completion``, or ``messages``, or
+        ``prompt``, ``chosen`` and ``rejected`` (and any extra fields).
     Raises:
         FileNotFoundError: no such file. IsADirectoryError: the path is a folder.
         ValueError: the first bad line, as ``<file>, line <n>: <what is wrong>``.
@@ -221,6 +272,8 @@ def load_jsonl(path: str | Path) -> Dataset:
             raise ValueError(f"{where}: invalid JSON ({err.msg} at column {err.colno})") from None
         record = _check_record(record, where)
         kind = "messages" if "messages" in record else "prompt/completion"
+        if "chosen" in record or "rejected" in record:
+            kind = "preference"
         formats.setdefault(kind, number)
         if len(formats) > 1:
             other = next(k for k in formats if k != kind)
