@@ -16,7 +16,6 @@ std 48 %.
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 import tempfile
 
@@ -279,10 +278,3 @@ def test_a_model_without_adapter_is_refused(tiny_profile, rollouts, twin):
     model, tokenizer = load_model(tiny_profile)
     with pytest.raises(TypeError, match="model must be a peft model"):
         TWINS[twin].grpo_loss(model, tokenizer, records, completions, G)
-
-
-def test_twins_declare_the_same_public_names_and_signatures():
-    assert grpo_library.__all__ == grpo_naive.__all__
-    for name in grpo_naive.__all__:
-        mine, theirs = getattr(grpo_naive, name), getattr(grpo_library, name)
-        assert inspect.signature(mine) == inspect.signature(theirs), name

@@ -13,6 +13,9 @@ heavy until a function is called.
 
 from __future__ import annotations
 
+# The names both twins define, with the same signatures (tests/test_twin_contract.py).
+PUBLIC_NAMES = ("DPOOutput", "DPOResult", "completion_logps", "dpo_loss", "dpo_train")
+
 import contextlib
 
 # The names TRL's DPOTrainer logs its batch means under (``trainer.state.log_history``); both

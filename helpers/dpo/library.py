@@ -43,8 +43,6 @@ from helpers.dpo.naive import DPOOutput, DPOResult
 from helpers.dpo.pairs import to_trl_record
 from helpers.sft import quiet_version_skew
 
-__all__ = ["DPOOutput", "DPOResult", "completion_logps", "dpo_loss", "dpo_train"]
-
 
 def _has_fused_head(model: torch.nn.Module) -> bool:
     """Whether TRL's ``add_fused_lm_head`` already replaced this model's forward (its forward

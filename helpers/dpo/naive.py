@@ -47,8 +47,6 @@ from helpers.dpo import (
 )
 from helpers.dpo.pairs import to_trl_record
 
-__all__ = ["DPOOutput", "DPOResult", "completion_logps", "dpo_loss", "dpo_train"]
-
 
 @dataclass
 class DPOOutput:

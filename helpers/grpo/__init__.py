@@ -13,6 +13,9 @@ become token ids. It imports nothing heavy until a function is called.
 
 from __future__ import annotations
 
+# The names both twins define, with the same signatures (tests/test_twin_contract.py).
+PUBLIC_NAMES = ("GRPOOutput", "grpo_loss")
+
 LOSS_TYPES = ("dapo", "grpo")  # the two the twins share (TRL 1.16 has six more)
 REWARD_PARTS = 4  # valid JSON, then one part per correct field (helpers.task.FIELDS)
 

@@ -37,8 +37,6 @@ from helpers.grpo import check_rollouts, check_settings, encode_rollouts, task_r
 from helpers.grpo.naive import GRPOOutput
 from helpers.sft import quiet_version_skew
 
-__all__ = ["GRPOOutput", "grpo_loss"]
-
 
 def _trainer(model, tokenizer, rows, reward, rollout, config: GRPOConfig) -> GRPOTrainer:
     datasets.disable_progress_bars()

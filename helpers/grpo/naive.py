@@ -37,8 +37,6 @@ from helpers.checks import finite_tensor, whole_number
 from helpers.dpo import adapter_disabled, check_adapter
 from helpers.grpo import check_rollouts, check_settings, encode_rollouts, task_reward
 
-__all__ = ["GRPOOutput", "grpo_loss"]
-
 
 @dataclass
 class GRPOOutput:
