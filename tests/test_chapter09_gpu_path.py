@@ -128,7 +128,7 @@ def _encode(tokenizer, records):
     return encode_records(tokenizer, records, run)
 
 
-def test_the_adapter_goes_through_chapter_06s_loading_and_merge(profile, trained):
+def test_the_adapter_goes_through_chapter_07s_loading_and_merge(profile, trained):
     from peft import PeftModel
 
     from helpers.models import load_model

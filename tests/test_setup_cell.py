@@ -249,7 +249,7 @@ def test_a_real_git_fetch_of_the_pinned_commit_gets_the_course(tmp_path):
     )
 
 
-def test_chapter_06s_cell_runs_the_pinned_commits_code(tmp_path):
+def test_chapter_07s_cell_runs_the_pinned_commits_code(tmp_path):
     """The pinned commit, fetched with real git from this clone, has the prepare() the cell calls."""
     known = subprocess.run(["git", "-C", str(COURSE), "cat-file", "-e", COURSE_COMMIT])
     if known.returncode:
