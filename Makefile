@@ -20,7 +20,7 @@ PROFILE ?= auto
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.course-installed
-# llama-cpp-python compiles llama.cpp (chapter 06). Portable flags: no -march=native, AVX2 on
+# llama-cpp-python compiles llama.cpp (chapter 07). Portable flags: no -march=native, AVX2 on
 # (every x86-64 CPU of the last decade; CI's has it). Built once per machine into $(WHEELS), a
 # cache outside the clone (a fresh clone on the same machine reuses it; about 10 CPU-minutes
 # to build); delete the folder to rebuild.

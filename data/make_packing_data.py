@@ -1,4 +1,4 @@
-"""Make chapter 08's packing lesson data: records whose lengths vary as instruction data does.
+"""Make chapter 09's packing lesson data: records whose lengths vary as instruction data does.
 
 Real instruction data is not of one length. In a sample of Stanford Alpaca (the 41 records at
 characters 16,000 to 32,000 of ``data/alpaca_5000.json``, a 5,000-record subset of Alpaca's

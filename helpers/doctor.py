@@ -64,7 +64,7 @@ def warnings_for(hw: Hardware) -> list[str]:
         names = sorted(set(hw.gpu_names or (hw.gpu_name,)))
         kind = f"{names[0]}s" if len(names) == 1 else "GPUs (" + ", ".join(names) + ")"
         out.append(
-            f"Found {hw.gpu_count} {kind}: the profiles train on the first; chapter 07 "
+            f"Found {hw.gpu_count} {kind}: the profiles train on the first; chapter 08 "
             "(two GPUs) uses both."
         )
     if hw.device == "cuda" and not hw.tensor_cores:

@@ -209,7 +209,7 @@ def _gpus_through_a_context(count: int) -> list[dict]:
 
 def detect() -> Hardware:
     """Read the real machine, without initialising CUDA in this process where ``nvidia-smi``
-    answers (chapter 07 forks this process into one per GPU after it has run).
+    answers (chapter 08 forks this process into one per GPU after it has run).
 
     GPU memory is NVML's: the card's whole memory (a T4: 15,360 MiB, of which CUDA lets
     PyTorch allocate about 15,100 MiB, ``CARD_TOTAL_GIB``) and what is free before this process

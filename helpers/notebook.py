@@ -73,7 +73,11 @@ TESTED_VERSIONS = {name: _LOCKED[name] for name in SETUP_PACKAGES}
 # chapter listed here installs them on Colab and Kaggle (lock versions; llama-cpp-python built
 # once per machine, see llama_cpp_wheel) and says which are missing anywhere else; a chapter asks
 # missing_extras(...) which of its sections can run.
-CHAPTER_EXTRAS = {"06_deploy": ("deploy",), "08_your_data": ("sft", "harness")}
+CHAPTER_EXTRAS = {
+    "06_gptq_awq": ("deploy",),
+    "07_deploy": ("deploy",),
+    "09_your_data": ("sft", "harness"),
+}
 # Installed with --no-deps, as the Makefile does (LLMCOMPRESSOR there): llm-compressor 0.14
 # declares transformers<=5.17, accelerate==1.15 and datasets<=5.0.1, and would replace the
 # course's newer ones; its GPTQ and AWQ paths run with them (tests/test_gptq_awq.py,
@@ -192,7 +196,7 @@ prepare(root, p100_fix=globals().get("P100_FIX", False){extras})'''
 
 
 def setup_cell(chapter: str = "") -> str:
-    """The set-up cell of a chapter (its stem, e.g. ``"06_deploy"``), as ``sync`` writes it.
+    """The set-up cell of a chapter (its stem, e.g. ``"07_deploy"``), as ``sync`` writes it.
 
     It is the same in every chapter but for the extras its last line asks ``prepare`` for
     (``CHAPTER_EXTRAS``).
@@ -437,7 +441,7 @@ def check_gpu(p100_fix: bool) -> None:
     from helpers.hardware import detect, gpu_count
     from helpers.profiles import missing_kernels_advice
 
-    if not gpu_count():  # NVML: no CUDA context, so chapter 07 can still fork one per GPU
+    if not gpu_count():  # NVML: no CUDA context, so chapter 08 can still fork one per GPU
         return
 
     hw = detect()

@@ -86,7 +86,7 @@ def test_binder_style_install_loads_the_tiny_model_and_runs_chapter_00(tmp_path)
     # Chapters 00 and 06 from a folder outside the clone, with papermill in the same venv.
     _run([*install, "-c", str(pins), "papermill", "ipykernel"])
     env["COURSE_BUILD_DIR"] = str(tmp_path / "build")
-    for name in ("00_setup.ipynb", "06_deploy.ipynb"):
+    for name in ("00_setup.ipynb", "07_deploy.ipynb"):
         shutil.copy(clone / "chapters" / name, elsewhere / name)
         args = ["-k", "python3", "--cwd", str(elsewhere), "-p", "PROFILE", "tiny"]
         _run([py, "-m", "papermill", *args, name, f"out-{name}"], cwd=elsewhere, env=env)

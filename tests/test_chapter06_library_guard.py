@@ -13,7 +13,7 @@ import pytest
 
 from helpers import gptq
 
-CHAPTER = Path(__file__).resolve().parents[1] / "chapters" / "06_deploy.ipynb"
+CHAPTER = Path(__file__).resolve().parents[1] / "chapters" / "06_gptq_awq.ipynb"
 # the library twins (imported as these names: importing ours is harmless) and what only they make
 LIBRARY_NAMES = {"gptq_library", "awq_library", "theirs", "awq_lib", "agree"}
 

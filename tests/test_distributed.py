@@ -217,7 +217,7 @@ def _who(rank, world_size):
 
 
 def test_launch_spawns_once_cuda_is_initialised(monkeypatch):
-    """After the kernel has initialised CUDA (chapter 07's reference on the GPU), a fork could not
+    """After the kernel has initialised CUDA (chapter 08's reference on the GPU), a fork could not
     use it: launch then spawns fresh interpreters. Faked here by reporting CUDA initialised."""
     import torch.multiprocessing as mp
 

@@ -1,4 +1,4 @@
-"""Chapter 07 on a faked two-T4 machine: nothing the kernel runs before the launch may touch CUDA.
+"""Chapter 08 on a faked two-T4 machine: nothing the kernel runs before the launch may touch CUDA.
 
 ``notebook_launcher`` and ``launch`` fork the kernel; a child of a kernel that created a CUDA
 context, or only asked the CUDA runtime how many GPUs there are (``torch.cuda.is_available()``
@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CHAPTER = ROOT / "chapters" / "07_two_gpus.ipynb"
+CHAPTER = ROOT / "chapters" / "08_two_gpus.ipynb"
 
 FAKE_SMI = """#!/bin/sh
 # Two Kaggle T4s as nvidia-smi --query-gpu=index,uuid,name,compute_cap,memory.total,memory.free

@@ -87,10 +87,10 @@ def test_doctor_says_two_t4s_were_found_and_which_chapter_uses_both(monkeypatch)
     _quiet(monkeypatch, t4x2)
     report = doctor.diagnose()
     assert report["profile"] == "t4" and report["ok"]
-    assert any("Found 2 Tesla T4s" in w and "chapter 07" in w for w in report["warnings"])
+    assert any("Found 2 Tesla T4s" in w and "chapter 08" in w for w in report["warnings"])
     one_t4 = Hardware(device="cuda", gpu_name="Tesla T4", capability=(7, 5), total_memory_gb=14.7)
     _quiet(monkeypatch, one_t4)
-    assert not any("chapter 07" in w for w in doctor.diagnose()["warnings"])
+    assert not any("chapter 08" in w for w in doctor.diagnose()["warnings"])
 
 
 def test_doctor_judges_a_named_profile_against_the_hardware(monkeypatch, capsys):

@@ -1,9 +1,9 @@
-"""Chapter 06's extras installed by the set-up cell on an image that lacks them, offline.
+"""Chapter 07's extras installed by the set-up cell on an image that lacks them, offline.
 
 A scratch venv plays a Colab image: it sees this environment's packages (torch, transformers,
 ...) through a .pth file, except the deploy extra's (llm-compressor, compressed-tensors, gguf,
 llama-cpp-python, loguru), which are hidden. ``prepare(root, extras=("deploy",))`` (the last line
-of chapter 06's set-up cell) then runs with ``COLAB_RELEASE_TAG`` set and pip told to use a local
+of chapter 07's set-up cell) then runs with ``COLAB_RELEASE_TAG`` set and pip told to use a local
 wheelhouse only (``PIP_NO_INDEX``, ``PIP_FIND_LINKS``). The fast tests use stand-in wheels that
 carry the real names, versions and dependency declarations; the ``install`` test uses the real
 wheels (``$COURSE_EXTRAS_WHEELHOUSE``, else downloaded first) and runs the GPTQ library twin.

@@ -103,7 +103,7 @@ def test_awq_bad_input():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("module", [naive, library])
 def test_gptq_on_cuda_equals_gptq_on_the_cpu(module):
-    """Chapter 06 quantizes on the GPU on the GPU profiles: the same codes as on the CPU."""
+    """Chapters 06 and 07 quantize on the GPU on the GPU profiles: the same codes as on the CPU."""
     w, x = _layer(7)
     h = naive.hessian(x)
     cpu = module.gptq_quantize(w, h, group_size=32)

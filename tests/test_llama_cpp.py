@@ -1,6 +1,6 @@
 """The exported GGUF really runs in llama.cpp: same tokens and same greedy answers as
 transformers (F16, Q8_0), generation stops at the end-of-turn token, the chat template travels,
-and each broken export fails the way chapter 06 says."""
+and each broken export fails the way chapter 07 says."""
 
 import shutil
 

@@ -1,4 +1,4 @@
-"""Chapter 08's packing data: made by its script, byte for byte, and spread as stated."""
+"""Chapter 09's packing data: made by its script, byte for byte, and spread as stated."""
 
 from __future__ import annotations
 

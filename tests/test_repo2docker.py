@@ -1,6 +1,6 @@
 """repo2docker reads binder/ as intended: Python from runtime.txt, a compiler from apt.txt, the
-course and chapter 08's extras installed from binder/requirements.txt after the whole folder is
-copied, then binder/postBuild (chapter 06's extras, llama.cpp compiled at build time), and
+course and chapter 09's extras installed from binder/requirements.txt after the whole folder is
+copied, then binder/postBuild (chapter 07's extras, llama.cpp compiled at build time), and
 binder/start as entry point.
 
 `repo2docker --no-build` writes the Dockerfile without docker. The test is skipped (visibly)

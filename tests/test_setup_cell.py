@@ -249,14 +249,14 @@ def test_a_real_git_fetch_of_the_pinned_commit_gets_the_course(tmp_path):
     )
 
 
-def test_chapter_06s_cell_runs_the_pinned_commits_code(tmp_path):
+def test_chapter_07s_cell_runs_the_pinned_commits_code(tmp_path):
     """The pinned commit, fetched with real git from this clone, has the prepare() the cell calls."""
     known = subprocess.run(["git", "-C", str(COURSE), "cat-file", "-e", COURSE_COMMIT])
     if known.returncode:
         pytest.skip(f"{COURSE} does not hold the pinned commit (not a clone of the course)")
-    code, out, _ = run_cell(tmp_path, {}, {}, git="real", repo_url=COURSE, chapter="06_deploy")
+    code, out, _ = run_cell(tmp_path, {}, {}, git="real", repo_url=COURSE, chapter="07_deploy")
     assert code == 0, out
-    assert 'extras=("deploy",)' in setup_cell("06_deploy")
+    assert 'extras=("deploy",)' in setup_cell("07_deploy")
     assert (tmp_path / COURSE_DIR / "helpers" / "notebook.py").is_file()
 
 

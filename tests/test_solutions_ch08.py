@@ -1,136 +1,82 @@
 """Chapter 08's solutions pass their checkers, and plausible wrong answers fail them."""
 
+import math
+
 import pytest
-import torch
 
 from helpers.exercises import ExerciseFailed, check
-from helpers.exercises import ch08_your_data as checkers
-from solutions import ch08_your_data as solutions
+from helpers.exercises import ch08_two_gpus as checkers
+from solutions import ch08_two_gpus as solutions
 
 
 def test_solutions_pass():
-    assert check("labels", solutions.completion_labels, checkers.check_completion_labels)
-    assert check("mask", solutions.block_causal_mask, checkers.check_block_causal_mask)
-    assert check("settings", solutions.TRL_MATCHING_SETTINGS, checkers.check_trl_matching_settings)
+    assert check("rank_losses", solutions.rank_losses, checkers.check_rank_losses)
+    assert check(
+        "zero_bytes_per_rank", solutions.zero_bytes_per_rank, checkers.check_zero_bytes_per_rank
+    )
 
 
 def test_stub_is_not_attempted():
     def stub(*args):
         raise NotImplementedError
 
-    assert check("labels", stub, checkers.check_completion_labels) is False
+    assert check("rank_losses", stub, checkers.check_rank_losses) is False
 
 
-def _trains_on_prompt(prompt, completion, eos):
-    ids = prompt + completion + [eos]
-    return ids, list(ids)
+def _local_mean(sums, counts):
+    return [s / c for s, c in zip(sums, counts, strict=True)]
 
 
-def _forgets_eos(prompt, completion, eos):
-    return prompt + completion, [-100] * len(prompt) + completion
+def _forgets_ddp_average(sums, counts):
+    return [s / sum(counts) for s in sums]
 
 
-def _eos_not_learned(prompt, completion, eos):
-    return prompt + completion + [eos], [-100] * len(prompt) + completion + [-100]
+def _mean_of_rank_means(sums, counts):
+    return [s / c / len(counts) for s, c in zip(sums, counts, strict=True)]
 
 
-def _plain_causal(lengths, length):
-    return torch.ones(length, length, dtype=torch.bool).tril()
+def _zero2_shards_weights(w, g, o, n, stage):
+    level = ("none", "zero1", "zero2", "zero3").index(stage)
+    return sum(math.ceil(b / n) if level >= k else b for b, k in ((w, 2), (g, 2), (o, 1)))
 
 
-def _not_causal(lengths, length):
-    segment = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
-    segment = torch.cat([segment, torch.full((length - len(segment),), -1)])
-    return segment[:, None] == segment[None, :]
+def _floor_division(w, g, o, n, stage):
+    level = ("none", "zero1", "zero2", "zero3").index(stage)
+    return sum(b // n if level >= k else b for b, k in ((w, 3), (g, 2), (o, 1)))
 
 
-def _padding_joins_last_example(lengths, length):
-    segment = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
-    segment = torch.cat([segment, torch.full((length - len(segment),), len(lengths) - 1)])
-    return (segment[:, None] == segment[None, :]) & torch.ones(length, length).bool().tril()
-
-
-def _padding_sees_nothing(lengths, length):
-    mask = solutions.block_causal_mask(lengths, length)
-    mask[sum(lengths) :] = False
-    return mask
-
-
-def _real_tokens_see_padding(lengths, length):
-    mask = solutions.block_causal_mask(lengths, length)
-    mask[: sum(lengths), sum(lengths) :] = True
-    return mask
-
-
-def _first_example_leaks(lengths, length):
-    mask = solutions.block_causal_mask(lengths, length)
-    if len(lengths) > 1:  # the second example's first token sees the first example
-        mask[lengths[0], : lengths[0]] = True
-    return mask
-
-
-@pytest.mark.parametrize("wrong", [_trains_on_prompt, _forgets_eos, _eos_not_learned])
-def test_wrong_labels_fail(wrong):
-    with pytest.raises(ExerciseFailed):
-        check("labels", wrong, checkers.check_completion_labels)
+def _zero1_shards_gradients(w, g, o, n, stage):
+    level = ("none", "zero1", "zero2", "zero3").index(stage)
+    return sum(math.ceil(b / n) if level >= k else b for b, k in ((w, 3), (g, 1), (o, 1)))
 
 
 @pytest.mark.parametrize(
-    "wrong", [_plain_causal, _not_causal, _real_tokens_see_padding, _first_example_leaks]
-)
-def test_wrong_masks_fail(wrong):
-    with pytest.raises(ExerciseFailed):
-        check("mask", wrong, checkers.check_block_causal_mask)
-
-
-@pytest.mark.parametrize("convention", [_padding_joins_last_example, _padding_sees_nothing])
-def test_every_padding_convention_passes(convention):
-    """The exercise leaves the padding rows free (its text says so): each convention passes."""
-    assert check("mask", convention, checkers.check_block_causal_mask)
-
-
-@pytest.mark.parametrize(
-    "change",
+    ("name", "wrong", "checker"),
     [
-        {"lr_scheduler_type": "linear"},
-        {"weight_decay": 0.0},
-        {"bf16": True},
-        {"train_sampling_strategy": "random"},
+        ("rank_losses", _local_mean, checkers.check_rank_losses),
+        ("rank_losses", _forgets_ddp_average, checkers.check_rank_losses),
+        ("rank_losses", _mean_of_rank_means, checkers.check_rank_losses),
+        ("zero_bytes_per_rank", _zero2_shards_weights, checkers.check_zero_bytes_per_rank),
+        ("zero_bytes_per_rank", _floor_division, checkers.check_zero_bytes_per_rank),
+        ("zero_bytes_per_rank", _zero1_shards_gradients, checkers.check_zero_bytes_per_rank),
     ],
 )
-def test_wrong_settings_fail(change):
+def test_wrong_answers_fail(name, wrong, checker):
     with pytest.raises(ExerciseFailed):
-        check(
-            "settings",
-            solutions.TRL_MATCHING_SETTINGS | change,
-            checkers.check_trl_matching_settings,
+        check(name, wrong, checker)
+
+
+def test_checker_agrees_with_the_planner():
+    """The exercise's rule is the planner's (helpers.distributed.plan), not a second copy."""
+    from helpers.distributed import plan
+    from helpers.memory import RunSpec
+    from helpers.memory import naive as mem_naive
+
+    shape, run = mem_naive.MODELS["Qwen2.5-0.5B"], RunSpec("full", 1, 128)
+    whole = mem_naive.training_memory(shape, run)
+    for stage in plan.STAGES:
+        planned = plan.per_rank_memory(shape, run, 2, stage).model_states
+        got = solutions.zero_bytes_per_rank(
+            whole.weights, whole.gradients, whole.optimizer, 2, stage
         )
-    missing = dict(solutions.TRL_MATCHING_SETTINGS)
-    missing.pop(next(iter(change)))
-    with pytest.raises(ExerciseFailed):
-        check("settings", missing, checkers.check_trl_matching_settings)
-
-
-@pytest.mark.parametrize(
-    "extra",
-    [
-        {"packing": True, "learning_rate": 1.0},  # issue 27's named wrong answer
-        {"packing": True},
-        {"learning_rate": 1.0},
-        {"completion_only_loss": False},
-        {"warmup_steps": 10},
-    ],
-)
-def test_settings_that_change_training_fail(extra):
-    with pytest.raises(ExerciseFailed):
-        check(
-            "settings",
-            solutions.TRL_MATCHING_SETTINGS | extra,
-            checkers.check_trl_matching_settings,
-        )
-
-
-def test_explicit_defaults_beside_the_four_pass():
-    answer = solutions.TRL_MATCHING_SETTINGS | {"completion_only_loss": True, "packing": False}
-    assert check("settings", answer, checkers.check_trl_matching_settings)
-    assert len(solutions.TRL_MATCHING_SETTINGS) == 4  # the exercise's text says four
+        assert got == planned

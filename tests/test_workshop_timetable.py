@@ -20,7 +20,7 @@ def write(path, data):
 def chapters(tmp_path):
     folder = tmp_path / "chapters"
     folder.mkdir()
-    for stem in ("00_setup", "01_quantization", "08_your_data"):
+    for stem in ("00_setup", "01_quantization", "09_your_data"):
         (folder / f"{stem}.ipynb").write_text("{}")
     (folder / "notes.ipynb").write_text("{}")  # not a numbered chapter
     return folder
@@ -28,14 +28,14 @@ def chapters(tmp_path):
 
 def test_measured_cells_totals_and_not_measured(tmp_path, chapters):
     stems = chapter_stems(chapters)
-    assert stems == ["00_setup", "01_quantization", "08_your_data"]
+    assert stems == ["00_setup", "01_quantization", "09_your_data"]
     cpu = write(
         tmp_path / "cpu-tiny.json",
         {
             "_platform": {"cores": 2, "load_at_start": 0.1},
             "00_setup": {"wall_s": 11.2, "status": "ok", "exact_match": 0.0},
             "01_quantization": {"wall_s": 10.4, "status": "ok"},
-            "08_your_data": {"wall_s": 95.0, "status": "ok"},
+            "09_your_data": {"wall_s": 95.0, "status": "ok"},
         },
     )
     t4 = write(tmp_path / "colab-t4.json", {"00_setup": {"wall_s": 30.0}, "01_quantization": {}})
@@ -52,7 +52,7 @@ def test_measured_cells_totals_and_not_measured(tmp_path, chapters):
         "| 00_setup | 11 s | 30 s | not measured | not measured | not measured | 20 s (failed: OSError) |"
     )
     assert table[3].startswith("| 01_quantization | 10 s | not measured |")
-    assert table[4].startswith("| 08_your_data | 1 min 35 s | not measured |")
+    assert table[4].startswith("| 09_your_data | 1 min 35 s | not measured |")
     # cpu-tiny measured every chapter: a sum; the others did not: no total is made up.
     assert table[5] == (
         "| total | 1 min 57 s | not measured | not measured | not measured | not measured | not measured |"

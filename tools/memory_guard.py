@@ -47,17 +47,18 @@ UNSUPPORTED["03_qlora"] = {
     "t4-8b": "not predicted: on t4-8b the chapter takes its QLoRA-only path (the unquantized "
     "model does not fit), which the tiny run does not execute; never run on a GPU"
 }
-UNSUPPORTED["06_deploy"] = {
+UNSUPPORTED["07_deploy"] = {
     "t4-8b": "the chapter merges the whole model at once: the merged 7B model in float16 is "
     "15.2 GB, more than a T4 and Colab's host memory; it stops on t4-8b"
 }
-UNSUPPORTED["07_two_gpus"] = {"t4-8b": "the chapter plans and runs t4x2 (1.5B); it stops on t4-8b"}
-UNSUPPORTED["08_your_data"] = {
+UNSUPPORTED["06_gptq_awq"] = UNSUPPORTED["07_deploy"]  # it merges the same model first
+UNSUPPORTED["08_two_gpus"] = {"t4-8b": "the chapter plans and runs t4x2 (1.5B); it stops on t4-8b"}
+UNSUPPORTED["09_your_data"] = {
     name: "the chapter runs on tiny, t4 and gpu-4gb only; it stops on this profile before it "
     "installs or loads anything"
     for name in ("t4-8b", "t4x2", "p100", "gpu-bf16")
 }
-UNSUPPORTED["08_your_data"] |= {
+UNSUPPORTED["09_your_data"] |= {
     name: "not predicted: its GPU path (4-bit base, fp16, checkpointing) was run on the CPU on a "
     "small Qwen2 twin only, never on a GPU; the chapter prints the planner's figure as planned"
     for name in ("t4", "gpu-4gb")

@@ -1,4 +1,4 @@
-"""Training on several processes (chapter 07): data parallelism by hand, then the libraries.
+"""Training on several processes (chapter 08): data parallelism by hand, then the libraries.
 
 Twins with the same public names, imported explicitly:
 

@@ -1,4 +1,4 @@
-"""The accelerate twin as a script, for ``accelerate launch`` (chapter 07).
+"""The accelerate twin as a script, for ``accelerate launch`` (chapter 08).
 
     accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no \
         --dynamo_backend no helpers/distributed/accelerate_script.py --out DIR [--job JOB.pt]

@@ -1,4 +1,4 @@
-"""What every worker of chapter 07 needs: the job description, the model, and byte counts.
+"""What every worker of chapter 08 needs: the job description, the model, and byte counts.
 
 A ``Job`` is plain data (paths, sizes, tensors), so it travels to forked, spawned or
 ``accelerate launch``-ed processes alike, and through ``torch.save`` / ``torch.load(weights_only=
@@ -175,7 +175,7 @@ class Tolerance:
     why: str
 
 
-# Measured on the CI machine's CPU (2-core EPYC, torch 2.13), tiny model, chapter 07's job
+# Measured on the CI machine's CPU (2-core EPYC, torch 2.13), tiny model, chapter 08's job
 # (2 ranks, GRAD_ACCUM_STEPS=2, 3 AdamW steps), seeds 0, 1, 2, base weights in the dtype:
 #   float32:  gradients 4.2e-7 to 4.6e-7, weights after 3 steps 6.8e-7 to 9.5e-7
 #   float16:  gradients 4.2e-7 to 4.4e-7, weights after 3 steps 3.3e-4 to 1.4e-3

@@ -5,10 +5,10 @@ before its last assistant turn; the reference answer is the completion or that l
 every reference is a JSON object (the course task, the orders data), each field is also scored,
 beside the majority baseline: always answering each field's most common training value.
 
-Also what chapter 08 needs around the run: which profiles it runs on (``check_profile``, before
+Also what chapter 09 needs around the run: which profiles it runs on (``check_profile``, before
 anything is installed or loaded), its memory plan (``memory_plan``: planned, never "fits"), the
-merge chapter 06 teaches (``merge_for_export``) and the command that hands the adapter to
-chapter 06 (``export_command``).
+merge chapter 07 teaches (``merge_for_export``) and the command that hands the adapter to
+chapter 07 (``export_command``).
 """
 
 from __future__ import annotations
@@ -149,16 +149,16 @@ def majority_answers(train_records, eval_size: int) -> list[str]:
     return [json.dumps({k: json.loads(v) for k, v in best.items()})] * eval_size
 
 
-# The profiles chapter 08 runs on: the tiny model on a CPU, and one GPU with a 4-bit base.
+# The profiles chapter 09 runs on: the tiny model on a CPU, and one GPU with a 4-bit base.
 SUPPORTED_PROFILES = ("tiny", "t4", "gpu-4gb")
 _INSTEAD = {
     "t4-8b": "the 7B model is not planned for this chapter: use PROFILE='t4' (1.5B)",
-    "t4x2": "this chapter trains on one GPU: use PROFILE='t4' (chapter 07 uses both T4s)",
+    "t4x2": "this chapter trains on one GPU: use PROFILE='t4' (chapter 08 uses both T4s)",
 }
 
 
 def check_profile(profile) -> None:
-    """Refuse, before anything is installed or loaded, a profile chapter 08 does not run on.
+    """Refuse, before anything is installed or loaded, a profile chapter 09 does not run on.
 
     Raises:
         ValueError: a profile outside ``SUPPORTED_PROFILES``; the message names the one to use.
@@ -169,7 +169,7 @@ def check_profile(profile) -> None:
         profile.name, "use PROFILE='t4' (a 12 GB card or larger) or PROFILE='gpu-4gb'"
     )
     raise ValueError(
-        f"Chapter 08 runs on the profiles {', '.join(SUPPORTED_PROFILES)}, not "
+        f"Chapter 09 runs on the profiles {', '.join(SUPPORTED_PROFILES)}, not "
         f"{profile.name!r}: {instead}. Nothing has been installed or loaded."
     )
 
@@ -200,7 +200,7 @@ def memory_plan(profile) -> str:
 
 
 def merge_for_export(model):
-    """Fold the adapter into the base weights, as chapter 06 teaches.
+    """Fold the adapter into the base weights, as chapter 07 teaches.
 
     On a 4-bit base: ``helpers.qlora.library.merge_and_dequantize`` (dequantize the base to the
     compute dtype, then merge into that float copy; never ``merge_and_unload`` on the 4-bit
@@ -218,13 +218,13 @@ def merge_for_export(model):
 
 
 def export_command(profile, adapter_dir: Path, chapters_dir: Path) -> str:
-    """The papermill command that runs chapter 06 on this adapter (``ADAPTER_DIR``)."""
+    """The papermill command that runs chapter 07 on this adapter (``ADAPTER_DIR``)."""
     adapter_dir, chapters_dir = Path(adapter_dir).resolve(), Path(chapters_dir).resolve()
     return shlex.join(
         [
             "papermill",
-            str(chapters_dir / "06_deploy.ipynb"),
-            "06_deploy_my_adapter.ipynb",
+            str(chapters_dir / "07_deploy.ipynb"),
+            "07_deploy_my_adapter.ipynb",
             "-p", "PROFILE", profile.name,
             "-p", "ADAPTER_DIR", str(adapter_dir),
         ]

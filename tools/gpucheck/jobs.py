@@ -5,11 +5,11 @@ from __future__ import annotations
 from helpers.hardware import CARD_TOTAL_GIB
 
 # The chapters each GPU profile claims (README, "What runs where"; memory_guard.UNSUPPORTED lists
-# what a chapter stops on): t4 runs 00-05 and 08; gpu-4gb 00-05 and 08; t4-8b chapters 00, 03 and
-# 04 (01, 02 and 05 stop at their first cell on it). Chapters 06-07 join as they run on GPU profiles.
+# what a chapter stops on): t4 runs 00-05 and 09; gpu-4gb 00-05 and 09; t4-8b chapters 00, 03 and
+# 04 (01, 02 and 05 stop at their first cell on it). Chapters 06, 07 and 08 join as they run on GPU profiles.
 CLAIMS: dict[str, tuple[str, ...]] = {
-    "t4": ("00", "01", "02", "03", "04", "05", "08"),
-    "gpu-4gb": ("00", "01", "02", "03", "04", "05", "08"),
+    "t4": ("00", "01", "02", "03", "04", "05", "09"),
+    "gpu-4gb": ("00", "01", "02", "03", "04", "05", "09"),
     "t4-8b": ("00", "03", "04"),
 }
 # Short runs (the 2026-12-04 measurement's parameters, ../shared/gpu/run_chapters.py): the
@@ -22,7 +22,7 @@ PARAMS: dict[str, dict] = {
     "04": {"GRAD_ACCUM_STEPS": 4, "TRAIN_STEPS": 2},
     "05": {"MAX_STEPS": 6, "EVAL_EXAMPLES": 16, "MC_EXAMPLES": 16, "N_RESAMPLES": 200,
            "OVERFIT_STEPS": 6, "USE_SAVED_ADAPTERS": False},
-    "08": {"MAX_STEPS": 6, "PARITY_STEPS": 2, "EVAL_EXAMPLES": 16, "EVAL_EVERY": 3},
+    "09": {"MAX_STEPS": 6, "PARITY_STEPS": 2, "EVAL_EXAMPLES": 16, "EVAL_EVERY": 3},
 }  # fmt: skip
 PARAMS_8B = {"03": {"MAX_STEPS": 4, "SAVE_EVERY": 2, "EVAL_EXAMPLES": 8, "TRACK_STEPS": 1}}
 

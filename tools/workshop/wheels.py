@@ -24,8 +24,8 @@ from tools.workshop.manifest import PARTIAL, file_hashes
 
 # torch and what only torch pulls in (CUDA libraries, triton): gigabytes a room rarely needs.
 TORCH_FAMILY = re.compile(r"^(torch|triton|nvidia-.*|cuda-.*)$")
-# What goes in by default (`make workshop-prepare`): JupyterLab and the extras of chapters 06 and
-# 08 (the set-up cell's CHAPTER_EXTRAS), plus what `make` installs with --no-deps
+# What goes in by default (`make workshop-prepare`): JupyterLab and the extras of chapters 06, 07
+# and 09 (the set-up cell's CHAPTER_EXTRAS), plus what `make` installs with --no-deps
 # (llm-compressor, NO_DEPS_EXTRAS), resolved without its declared dependencies. llama-cpp-python
 # stays out: PyPI ships it as source only (no wheel for any platform of 0.3.36, checked with pip
 # download --only-binary=:all:), so a room compiles it or copies the wheel `make` built on a

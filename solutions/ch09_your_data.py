@@ -1,4 +1,4 @@
-"""Solutions to the exercises of chapter 08 (your data). Try them first."""
+"""Solutions to the exercises of chapter 09 (your data). Try them first."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Chapter 06 on the GPU profiles' path, on a real GPU capped at the card's memory.
+"""Chapters 06 (GPTQ and AWQ) and 07 (deploy) on the GPU profiles' path, on a real GPU capped at the card's memory.
 
-The chapter runs top to bottom through papermill on the shape twin of each profile's model
+Each chapter runs top to bottom through papermill on the shape twin of each profile's model
 (``helpers.shapes``: Qwen2.5's shapes, random weights, no hub), with the set-up cell's cap
 ``COURSE_GPU_MEMORY_GIB`` at the card's memory and the profile's 16-bit dtype. It checks that
 the GPU path runs and fits, and prints the chapter's peak GPU memory and time (``pytest -s``;
@@ -26,8 +26,16 @@ pytestmark = [
 ]
 
 
+# Each chapter's short run: its parameters beyond the profile, the steps and the adapter.
+CHAPTERS = {
+    "06_gptq_awq": {"EVAL_EXAMPLES": 16},
+    "07_deploy": {"EVAL_EXAMPLES": 16, "CPP_PROMPTS": 2},
+}
+
+
+@pytest.mark.parametrize("chapter", sorted(CHAPTERS))
 @pytest.mark.parametrize("profile_name", ["gpu-4gb", "t4"])
-def test_chapter06_exports_a_twin_within_the_card(profile_name, tmp_path, monkeypatch):
+def test_chapter_runs_a_twin_within_the_card(chapter, profile_name, tmp_path, monkeypatch):
     import papermill
 
     from helpers.shapes import build_twin, profile_model
@@ -40,21 +48,20 @@ def test_chapter06_exports_a_twin_within_the_card(profile_name, tmp_path, monkey
     monkeypatch.setenv("COURSE_BUILD_DIR", str(tmp_path / "build"))  # the tiny run's outputs stay
     start = time.perf_counter()
     papermill.execute_notebook(
-        str(CHAPTERS_DIR / "06_deploy.ipynb"),
-        str(tmp_path / "06_deploy.ipynb"),
+        str(CHAPTERS_DIR / f"{chapter}.ipynb"),
+        str(tmp_path / f"{chapter}.ipynb"),
         parameters={
             "PROFILE": profile_name,
             "MAX_STEPS": 10,
-            "EVAL_EXAMPLES": 16,
-            "CPP_PROMPTS": 2,
             "USE_SAVED_ADAPTER": False,
-        },
+            **CHAPTERS[chapter],
+        },  # fmt: skip
         cwd=str(CHAPTERS_DIR),
         progress_bar=False,
     )
-    records = json.loads(results.read_text())["06_deploy"]
+    records = json.loads(results.read_text())[chapter]
     row = {
-        "chapter": "06_deploy",
+        "chapter": chapter,
         "profile": profile_name,
         "card_gib": CARD_GIB[profile_name],
         "peak_gib": records["gpu_peak_gib"],
@@ -65,5 +72,8 @@ def test_chapter06_exports_a_twin_within_the_card(profile_name, tmp_path, monkey
     if os.environ.get("COURSE_GPU_REPORT"):
         with open(os.environ["COURSE_GPU_REPORT"], "a") as f:
             f.write(json.dumps(row) + "\n")
-    assert records["gguf_q8_0_equal_to_reference"] is True
+    if chapter == "07_deploy":
+        assert records["gguf_q8_0_equal_to_reference"] is True
+    else:
+        assert records["gptq_layer_rel_error_naive"] < records["rtn_layer_rel_error"]
     assert records["gpu_peak_gib"] < CARD_GIB[profile_name]

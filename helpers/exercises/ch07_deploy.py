@@ -1,4 +1,4 @@
-"""Checkers for chapter 06 (deploy). Each raises AssertionError with a hint when wrong."""
+"""Checkers for chapter 07 (deploy). Each raises AssertionError with a hint when wrong."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ from collections.abc import Callable
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf import quants as gguf_quants
-
-from helpers.gptq import naive as gptq
 
 
 def _q8_0_blocks() -> torch.Tensor:
@@ -56,26 +54,4 @@ def check_bits_per_weight(fn: Callable) -> None:
         assert abs(got - expected) < 1e-9, (
             f"{name}: expected {expected} bits per weight, got {got}. A block of {block} "
             f"values takes {nbytes} bytes, scales included."
-        )
-
-
-def check_gptq_step(fn: Callable) -> None:
-    """``fn(w, u, i, scale, zero) -> w'``: column i on the grid, later columns corrected."""
-    gen = torch.Generator().manual_seed(3)
-    x = torch.randn(64, 16, generator=gen)
-    w = torch.randn(6, 16, generator=gen)
-    u = gptq._inverse_cholesky(gptq.hessian(x), 0.01)
-    scale, zero = gptq.minmax_grid(w, 4, 16)
-    for i in (0, 5, 15):
-        before = w.clone()
-        got = fn(w, u, i, scale[:, 0], zero[:, 0])
-        assert torch.equal(w, before), "the input w was modified in place; work on a copy"
-        _, q = gptq.quantize_column(w[:, i], scale[:, 0], zero[:, 0], 4)
-        expected = w.clone()
-        expected[:, i:] -= ((w[:, i] - q) / u[i, i])[:, None] * u[i, i:][None, :]
-        assert torch.allclose(got[:, :i], w[:, :i]), f"step {i}: columns before i must not move"
-        assert torch.allclose(got[:, i], q, atol=1e-6), f"step {i}: column i must be on the grid"
-        assert torch.allclose(got, expected, atol=1e-5), (
-            f"step {i}: the later columns must absorb the error: w[:, j] -= (w_i - q) / U[i, i] "
-            "* U[i, j] for j > i"
         )

@@ -1,4 +1,4 @@
-"""Checkers for the exercises of chapter 07 (two GPUs: data parallelism and ZeRO sharding).
+"""Checkers for the exercises of chapter 08 (two GPUs: data parallelism and ZeRO sharding).
 
 Each takes the learner's function and raises AssertionError with a hint when it is wrong.
 """

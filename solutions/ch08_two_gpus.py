@@ -1,4 +1,4 @@
-"""Solutions to the exercises of chapter 07 (two GPUs). Try them first."""
+"""Solutions to the exercises of chapter 08 (two GPUs). Try them first."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Chapter 08's GPU path (``t4``, ``gpu-4gb``), run on the CPU.
+"""Chapter 09's GPU path (``t4``, ``gpu-4gb``), run on the CPU.
 
 No GPU here: the path runs on a small randomly initialised model of the real model's
 architecture (a Qwen2 shape twin built by ``helpers.shapes``, 2 layers), loaded as the GPU
@@ -7,8 +7,8 @@ placement of inputs on the model's device, by the course's loop and ``byod.gener
 with a faked device in ``tests/test_device_placement.py`` (the emulated device cannot host this
 twin: bitsandbytes' CPU kernel and transformers' kernel hub refuse it). What it checks: the
 refusal comes before anything is installed; the memory figure says "planned"; the course's loop
-and TRL agree at the profile's dtype; the adapter is a peft folder that chapter 06 loads the way
-it loads chapter 03's, and chapter 06's merge applies to it. What it cannot check: memory and time
+and TRL agree at the profile's dtype; the adapter is a peft folder that chapter 07 loads the way
+it loads chapter 03's, and chapter 07's merge applies to it. What it cannot check: memory and time
 on a real card.
 """
 
@@ -77,7 +77,7 @@ def test_supported_profiles_pass_and_the_plan_says_planned():
 
 
 def test_the_refusal_comes_before_any_install_or_load():
-    cells = json.loads((CHAPTERS_DIR / "08_your_data.ipynb").read_text())["cells"]
+    cells = json.loads((CHAPTERS_DIR / "09_your_data.ipynb").read_text())["cells"]
     code = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
     refusal = next(i for i, s in enumerate(code) if "check_profile(profile)" in s)
     install = next(
@@ -128,7 +128,7 @@ def _encode(tokenizer, records):
     return encode_records(tokenizer, records, run)
 
 
-def test_the_adapter_goes_through_chapter_06s_loading_and_merge(profile, trained):
+def test_the_adapter_goes_through_chapter_07s_loading_and_merge(profile, trained):
     from peft import PeftModel
 
     from helpers.models import load_model
@@ -137,13 +137,13 @@ def test_the_adapter_goes_through_chapter_06s_loading_and_merge(profile, trained
     _, _, theirs, tokenizer, folder = trained
     config = json.loads((folder / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and config["base_model_name_or_path"] == profile.model_id
-    base, _ = load_model(profile, load_in_4bit=True)  # as chapter 06 loads chapter 03's adapter
+    base, _ = load_model(profile, load_in_4bit=True)  # as chapter 07 loads chapter 03's adapter
     loaded = PeftModel.from_pretrained(base, folder).eval()
     ids = tokenizer(["Review: the kettle arrived late."], return_tensors="pt")
     with torch.no_grad():
         reference = theirs.model.eval()(**ids).logits.float()
         assert torch.equal(loaded(**ids).logits.float(), reference)
-        wrong = qlora.merge_into_4bit(loaded)  # the merge chapter 06 teaches against
+        wrong = qlora.merge_into_4bit(loaded)  # the merge chapter 07 teaches against
         gap_wrong = (wrong(**ids).logits.float() - reference).abs().max().item()
         merged = byod.merge_for_export(theirs.model)
         gap = (merged(**ids).logits.float() - reference).abs().max().item()

@@ -1,4 +1,4 @@
-"""Chapter 08 runs its whole path on a second dataset, a different task in the chat messages
+"""Chapter 09 runs its whole path on a second dataset, a different task in the chat messages
 format (data/orders), with one parameter: the path does not depend on the course's task.
 (make test's nbval run covers the default, the course task.) The run must also show that the
 adapter learned the task: every field above its majority rate and exact match above the base
@@ -43,14 +43,14 @@ def untrained_exact_match(eval_file, n_eval: int) -> float:
     return right / n_eval
 
 
-def test_chapter_08_runs_on_the_orders_messages_data(tmp_path, monkeypatch):
+def test_chapter_09_runs_on_the_orders_messages_data(tmp_path, monkeypatch):
     monkeypatch.setenv("COURSE_BUILD_DIR", str(tmp_path / "build"))
     monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))
     monkeypatch.setenv("TQDM_DISABLE", "1")
-    executed = tmp_path / "08_orders.ipynb"
+    executed = tmp_path / "09_orders.ipynb"
     train_file = DATA_DIR / "orders" / "train.jsonl"
     execute(
-        CHAPTERS_DIR / "08_your_data.ipynb",
+        CHAPTERS_DIR / "09_your_data.ipynb",
         executed,
         {
             "PROFILE": "tiny",
@@ -65,7 +65,7 @@ def test_chapter_08_runs_on_the_orders_messages_data(tmp_path, monkeypatch):
         for out in cell.get("outputs", [])
     )
     assert "1200 messages records" in text and "test.jsonl: 50 scored" in text
-    numbers = load_results()["08_your_data"]
+    numbers = load_results()["09_your_data"]
     assert numbers["sft_loss_max_abs_diff"] < 1e-5
     assert numbers["packed_loss_rel_diff"] < 1e-5
     assert 0.5 < numbers["completion_only_masked_fraction"] < 1
@@ -80,8 +80,8 @@ def test_chapter_08_runs_on_the_orders_messages_data(tmp_path, monkeypatch):
         adapter = numbers[f"byod_{field}_accuracy_adapter"]
         assert adapter >= majority[f"{field}_accuracy"] + MARGIN, (field, adapter, majority)
     assert numbers["byod_exact_match_adapter"] >= numbers["byod_exact_match_base"] + MARGIN
-    adapter = tmp_path / "build" / "outputs" / "08_your_data" / "adapter"
+    adapter = tmp_path / "build" / "outputs" / "09_your_data" / "adapter"
     assert (adapter / "adapter_model.safetensors").is_file()
-    config = json.loads((adapter / "adapter_config.json").read_text())  # what chapter 06 reads
+    config = json.loads((adapter / "adapter_config.json").read_text())  # what chapter 07 reads
     assert config["peft_type"] == "LORA" and config["base_model_name_or_path"]
     assert "-p PROFILE tiny -p ADAPTER_DIR " in text  # the hand-off command is printed

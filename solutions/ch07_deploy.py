@@ -1,13 +1,11 @@
-"""Solutions to chapter 06's exercises."""
+"""Solutions to chapter 07's exercises."""
 
 from __future__ import annotations
 
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from helpers.gptq.naive import quantize_column
-
-__all__ = ["bits_per_weight", "gptq_step", "q8_0_block", "quantize_column"]
+__all__ = ["bits_per_weight", "q8_0_block"]
 
 
 def q8_0_block(x: torch.Tensor) -> tuple[float, torch.Tensor]:
@@ -25,12 +23,3 @@ def bits_per_weight(type_name: str) -> float:
     """Stored bits per weight of a GGUF type, scales included."""
     block, nbytes = GGML_QUANT_SIZES[GGMLQuantizationType[type_name]]
     return nbytes * 8 / block
-
-
-def gptq_step(w, u, i, scale, zero):
-    """Quantize column ``i`` of ``w`` and push its error onto the later columns."""
-    w = w.clone()
-    _, q = quantize_column(w[:, i], scale, zero, 4)
-    err = (w[:, i] - q) / u[i, i]  # (out,)
-    w[:, i:] -= err[:, None] * u[i, i:][None, :]
-    return w

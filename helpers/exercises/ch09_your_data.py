@@ -1,4 +1,4 @@
-"""Checkers for the exercises of chapter 08 (your data: SFT, packing, tracking).
+"""Checkers for the exercises of chapter 09 (your data: SFT, packing, tracking).
 
 Each takes the learner's answer and raises AssertionError with a hint when it is wrong.
 """

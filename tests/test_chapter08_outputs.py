@@ -1,4 +1,4 @@
-"""Chapter 07's stored outputs agree with its prose: the process counts of `accelerate launch`,
+"""Chapter 08's stored outputs agree with its prose: the process counts of `accelerate launch`,
 and bytes called counted, not measured, where no GPU ran the chapter."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import nbformat
 
-CHAPTER = Path(__file__).resolve().parents[1] / "chapters" / "07_two_gpus.ipynb"
+CHAPTER = Path(__file__).resolve().parents[1] / "chapters" / "08_two_gpus.ipynb"
 WORDS = {"one": 1, "two": 2, "three": 3, "four": 4}
 
 
