@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-IGNORE_INDEX = -100
+from helpers.constants import IGNORE_INDEX
 
 
 def completion_labels(

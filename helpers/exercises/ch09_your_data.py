@@ -9,7 +9,7 @@ import random
 
 import torch
 
-IGNORE_INDEX = -100
+from helpers.constants import IGNORE_INDEX
 
 
 def check_completion_labels(fn) -> None:
