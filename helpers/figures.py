@@ -3,8 +3,8 @@
 Each function takes the chapter's own objects (a LoRA layer, a weight matrix, a GPTQ result,
 per-rank gradients, a packed batch's mask), computes what it shows with the course's naive
 twins, and returns a ``matplotlib.figure.Figure``. The figure is not registered with pyplot:
-a notebook shows it as the cell's value (once), a script saves it with ``fig.savefig``, and it
-works under any backend, Agg included. No number in a figure is typed in: shapes, counts,
+a notebook shows it as the cell's value (once, as a PNG, whether or not the chapter has imported
+pyplot), a script saves it with ``fig.savefig``, and it works under any backend, Agg included. No number in a figure is typed in: shapes, counts,
 scales and codes all come from the tensors passed.
 
     lora_shapes(layer)                          W beside B and A, to scale
@@ -18,6 +18,7 @@ scales and codes all come from the tensors passed.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -25,6 +26,17 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from helpers.checks import finite_tensor, positive_number, whole_number
+
+
+class ShownFigure(Figure):
+    """A Figure that a notebook shows as a PNG by itself: without pyplot imported, Jupyter has
+    no display rule for a bare Figure and would print only ``<Figure size ...>``."""
+
+    def _repr_png_(self) -> bytes:
+        buffer = io.BytesIO()
+        self.savefig(buffer, format="png", bbox_inches="tight")
+        return buffer.getvalue()
+
 
 DIVERGING = "RdBu_r"  # signed values: blue below zero, red above, white at zero
 
@@ -85,7 +97,7 @@ def lora_shapes(layer: nn.Module) -> Figure:
     gap = max(in_f, out_f) // 8  # room for the + and the x between the matrices
     x_b, x_a = in_f + gap, in_f + 2 * gap + r
     width, height = x_a + in_f + gap / 2, out_f * 1.4
-    fig = Figure(figsize=(8, min(max(8 * height / width, 3), 9)), layout="constrained")
+    fig = ShownFigure(figsize=(8, min(max(8 * height / width, 3), 9)), layout="constrained")
     ax = fig.add_subplot()
     # name, matrix, left edge, where its label goes (B's below: it is too thin for one above)
     parts = [
@@ -150,7 +162,7 @@ def nf4_block(weight: torch.Tensor, block: int = 0, blocksize: int = 64) -> Figu
     values = weight.detach().reshape(-1)[start:stop].float().cpu()  # (B,)
     block_codes, scale = codes[start:stop].cpu(), float(absmax[block])
     levels = quant.nf4_codebook()
-    fig = Figure(figsize=(9, 8), layout="constrained")
+    fig = ShownFigure(figsize=(9, 8), layout="constrained")
     top, middle, bottom = fig.subplots(3, 1)
     for level in levels.tolist():
         top.axhline(level, color="lightgray", lw=0.8)
@@ -288,7 +300,7 @@ def gguf_superblock(weight: torch.Tensor, superblock: int = 0) -> Figure:
     block = gguf.quantize_q4_k(values[None])  # (1, 144); checks dtype and finiteness
     part = _q4_k_parts(block[0])
     back = gguf.dequantize_q4_k(block).reshape(-1)
-    fig = Figure(figsize=(9, 9), layout="constrained")
+    fig = ShownFigure(figsize=(9, 9), layout="constrained")
     layout, vals, scales, codes = fig.subplots(4, 1, height_ratios=(0.6, 2, 1.4, 1.2))
     _draw_q4_k_bytes(layout, superblock)
     sub_blocks = QK_K // SUB
@@ -386,7 +398,7 @@ def gptq_sweep(
     perm = result.perm.cpu()
     diag = torch.diagonal(h.detach().float().cpu())[perm]
     steps = torch.arange(len(perm)).numpy()
-    fig = Figure(figsize=(9, 8), layout="constrained")
+    fig = ShownFigure(figsize=(9, 8), layout="constrained")
     order, heat, size = fig.subplots(3, 1, sharex=True, height_ratios=(1, 2, 1))
     order.bar(steps, diag.numpy(), width=1.0, color="tab:gray")
     first = ", ".join(str(int(c)) for c in perm[:5])
@@ -479,7 +491,7 @@ def ddp_allreduce(
                 f"{gap:.3g} > rtol={rtol:g}"
             )
         total = got
-    fig = Figure(figsize=(9, 1.4 * (len(grads) + 1) + 0.6), layout="constrained")
+    fig = ShownFigure(figsize=(9, 1.4 * (len(grads) + 1) + 0.6), layout="constrained")
     axes = fig.subplots(len(grads) + 1, 1, sharex=True)
     colours = _symmetric(*grads, total)
     tall = grads[0].shape[0] > grads[0].shape[1]  # e.g. LoRA's B (out, r): drawn on its side
@@ -531,7 +543,7 @@ def fsdp_shards(model: nn.Module, world_size: int) -> Figure:
         "gradients": (trainable, 1),
         "AdamW state (2 moments)": (trainable, 2),
     }
-    fig = Figure(figsize=(9, 4.5), layout="constrained")
+    fig = ShownFigure(figsize=(9, 4.5), layout="constrained")
     axes = fig.subplots(len(lanes), 1)
     colours = [f"C{rank % 10}" for rank in range(world_size)]
     for ax, (lane, (tensors, copies)) in zip(axes, lanes.items(), strict=True):
@@ -609,7 +621,7 @@ def packed_mask(attention_mask: torch.Tensor, seq_lengths: Sequence[int], row: i
     real = (document >= 0)[:, None]  # queries that are tokens of a document
     inside, across = int((mask & same & real).sum()), int((mask & ~same).sum())
     padding = int((mask & same & ~real).sum())  # padding among itself: never in the loss
-    fig = Figure(figsize=(6, 6), layout="constrained")
+    fig = ShownFigure(figsize=(6, 6), layout="constrained")
     ax = fig.add_subplot()
     ax.imshow(mask.numpy(), cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
     for edge in torch.tensor(lengths).cumsum(0)[:-1].tolist():

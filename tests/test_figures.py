@@ -392,3 +392,13 @@ def test_packed_mask_refuses_a_mask_it_cannot_draw():
         figures.packed_mask(mask, [5, 6], row=1)
     with pytest.raises(ValueError, match="seq_lengths\\[1\\] must be a positive integer"):
         figures.packed_mask(mask, [5, 0])
+
+
+def test_a_figure_shows_itself_as_a_png_without_pyplot():
+    """A chapter that has not imported pyplot still gets an image, not ``<Figure size ...>``."""
+    from helpers.figures import ShownFigure
+
+    _, batch = _packed_batch([5, 6], 20)
+    fig = figures.packed_mask(batch["attention_mask"], [5, 6])
+    assert isinstance(fig, ShownFigure)
+    assert fig._repr_png_().startswith(b"\x89PNG")
