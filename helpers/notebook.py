@@ -74,7 +74,7 @@ TESTED_VERSIONS = {name: _LOCKED[name] for name in SETUP_PACKAGES}
 # once per machine, see llama_cpp_wheel) and says which are missing anywhere else; a chapter asks
 # missing_extras(...) which of its sections can run.
 CHAPTER_EXTRAS = {
-    "06_gptq_awq": ("deploy",),
+    "06_gptq_awq": ("ptq",),  # no llama.cpp compile: that is chapter 07's
     "07_deploy": ("deploy",),
     "09_your_data": ("sft", "harness"),
 }
@@ -84,7 +84,7 @@ CHAPTER_EXTRAS = {
 # tests/test_awq_library.py). Of its own dependencies the GPTQ and AWQ twins need only
 # compressed-tensors and loguru (the deploy extra); pyyaml, requests, pillow, tqdm and numpy
 # come with the course or the image, auto-round and nvidia-ml-py are never imported by them.
-NO_DEPS_EXTRAS = {"deploy": ("llmcompressor==0.14.0",)}
+NO_DEPS_EXTRAS = {"deploy": ("llmcompressor==0.14.0",), "ptq": ("llmcompressor==0.14.0",)}
 # llama-cpp-python compiles llama.cpp: the Makefile's LLAMA_CPP and LLAMA_CMAKE_ARGS (portable:
 # AVX2, no -march=native), into the same wheel cache, so a wheel `make` built is reused.
 LLAMA_CPP = "llama-cpp-python==0.3.36"

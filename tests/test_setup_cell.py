@@ -356,3 +356,16 @@ def test_p100_fix_reinstalls_the_same_torch_from_cu126_and_asks_for_a_restart(mo
     _fake_p100(monkeypatch, failed, returncode=1)
     with pytest.raises(SystemExit, match="pip could not install torch"):
         check_gpu(p100_fix=True)
+
+
+def test_chapter_06_installs_the_gptq_and_awq_libraries_without_llama_cpp():
+    """Chapter 06 needs llm-compressor (no deps) and compressed-tensors, not llama.cpp's
+    10-minute compile, which is chapter 07's."""
+    from helpers.notebook import extra_packages
+
+    assert 'extras=("ptq",)' in setup_cell("06_gptq_awq")
+    ptq = {name: no_deps for name, _, no_deps in extra_packages("ptq")}
+    deploy = {name for name, _, _ in extra_packages("deploy")}
+    assert "llama-cpp-python" not in ptq and "llama-cpp-python" in deploy
+    assert ptq["llmcompressor"] is True and ptq["compressed-tensors"] is False
+    assert set(ptq) <= deploy  # make and Binder install deploy: chapter 06 has what it needs
