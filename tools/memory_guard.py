@@ -63,6 +63,11 @@ UNSUPPORTED["09_your_data"] |= {
     "small Qwen2 twin only, never on a GPU; the chapter prints the planner's figure as planned"
     for name in ("t4", "gpu-4gb")
 }
+UNSUPPORTED["11_pretraining"] = {
+    name: "not predicted: the chapter trains the tiny Llama's shape on the CPU on every profile "
+    "and never loads the profile's model; its GPU figures are the planner's, printed as planned"
+    for name in ("t4", "gpu-4gb", "t4-8b", "t4x2", "p100", "gpu-bf16")
+}
 CAVEAT = "planned: CPU-calibrated estimates; measured rows come from data/gpu/measured.json"
 
 

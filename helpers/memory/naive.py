@@ -51,19 +51,29 @@ _QWEN25 += " of the Qwen2.5 technical report (arXiv:2412.15115)"
 MODELS: dict[str, ModelShape] = {
     # hidden, intermediate, layers, heads, kv heads: Qwen/Qwen2.5-0.5B config.json
     "Qwen2.5-0.5B": ModelShape(
-        "Qwen2.5-0.5B", 896, 4864, 24, 14, 2, 64, 151936, True, True, _QWEN25.format("0.5B")
+        "Qwen2.5-0.5B", 896, 4864, 24, 14, 2, 64, 151936, True, True, _QWEN25.format("Qwen2.5-0.5B")
     ),
     # Qwen/Qwen2.5-1.5B config.json
     "Qwen2.5-1.5B": ModelShape(
-        "Qwen2.5-1.5B", 1536, 8960, 28, 12, 2, 128, 151936, True, True, _QWEN25.format("1.5B")
+        "Qwen2.5-1.5B",
+        1536,
+        8960,
+        28,
+        12,
+        2,
+        128,
+        151936,
+        True,
+        True,
+        _QWEN25.format("Qwen2.5-1.5B"),
     ),
     # Qwen/Qwen2.5-3B config.json
     "Qwen2.5-3B": ModelShape(
-        "Qwen2.5-3B", 2048, 11008, 36, 16, 2, 128, 151936, True, True, _QWEN25.format("3B")
+        "Qwen2.5-3B", 2048, 11008, 36, 16, 2, 128, 151936, True, True, _QWEN25.format("Qwen2.5-3B")
     ),
     # Qwen/Qwen2.5-7B config.json: the embedding matrix is padded to 152,064 rows, untied
     "Qwen2.5-7B": ModelShape(
-        "Qwen2.5-7B", 3584, 18944, 28, 28, 4, 128, 152064, False, True, _QWEN25.format("7B")
+        "Qwen2.5-7B", 3584, 18944, 28, 28, 4, 128, 152064, False, True, _QWEN25.format("Qwen2.5-7B")
     ),
     # meta-llama/Llama-3.1-8B config.json; Llama 3 paper (arXiv:2407.21783), Table 3
     "Llama-3.1-8B": ModelShape(
