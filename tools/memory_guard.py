@@ -62,6 +62,11 @@ UNSUPPORTED["08_your_data"] |= {
     "small Qwen2 twin only, never on a GPU; the chapter prints the planner's figure as planned"
     for name in ("t4", "gpu-4gb")
 }
+UNSUPPORTED["10_preference"] = {
+    name: "the chapter holds the SFT model, a DPO policy and TRL's copy of it at once: planned "
+    "over this card's budget; it stops on this profile at its first cell"
+    for name in ("gpu-4gb", "t4-8b")
+}
 CAVEAT = "planned: CPU-calibrated estimates; measured rows come from data/gpu/measured.json"
 
 

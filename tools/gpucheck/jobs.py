@@ -5,10 +5,10 @@ from __future__ import annotations
 from helpers.hardware import CARD_TOTAL_GIB
 
 # The chapters each GPU profile claims (README, "What runs where"; memory_guard.UNSUPPORTED lists
-# what a chapter stops on): t4 runs 00-05 and 08; gpu-4gb 00-05 and 08; t4-8b chapters 00, 03 and
+# what a chapter stops on): t4 runs 00-05, 08 and 10; gpu-4gb 00-05 and 08; t4-8b chapters 00, 03 and
 # 04 (01, 02 and 05 stop at their first cell on it). Chapters 06-07 join as they run on GPU profiles.
 CLAIMS: dict[str, tuple[str, ...]] = {
-    "t4": ("00", "01", "02", "03", "04", "05", "08"),
+    "t4": ("00", "01", "02", "03", "04", "05", "08", "10"),
     "gpu-4gb": ("00", "01", "02", "03", "04", "05", "08"),
     "t4-8b": ("00", "03", "04"),
 }
@@ -23,6 +23,8 @@ PARAMS: dict[str, dict] = {
     "05": {"MAX_STEPS": 6, "EVAL_EXAMPLES": 16, "MC_EXAMPLES": 16, "N_RESAMPLES": 200,
            "OVERFIT_STEPS": 6, "USE_SAVED_ADAPTERS": False},
     "08": {"MAX_STEPS": 6, "PARITY_STEPS": 2, "EVAL_EXAMPLES": 16, "EVAL_EVERY": 3},
+    "10": {"USE_SAVED_ADAPTER": False, "SFT_STEPS": 6, "EVAL_EXAMPLES": 16, "PAIR_RECORDS": 16,
+           "DPO_STEPS": 3, "GRPO_STEPS": 2},
 }  # fmt: skip
 PARAMS_8B = {"03": {"MAX_STEPS": 4, "SAVE_EVERY": 2, "EVAL_EXAMPLES": 8, "TRACK_STEPS": 1}}
 
