@@ -64,7 +64,7 @@ UNSUPPORTED["08_your_data"] |= {
 }
 UNSUPPORTED["10_preference"] = {
     name: "the chapter holds the SFT model, a DPO policy and TRL's copy of it at once: planned "
-    "over this card's budget; it stops on this profile at its first cell"
+    "over this card's budget; it stops on this profile before it loads the model"
     for name in ("gpu-4gb", "t4-8b")
 }
 CAVEAT = "planned: CPU-calibrated estimates; measured rows come from data/gpu/measured.json"
