@@ -68,6 +68,11 @@ UNSUPPORTED["11_pretraining"] = {
     "and never loads the profile's model; its GPU figures are the planner's, printed as planned"
     for name in ("t4", "gpu-4gb", "t4-8b", "t4x2", "p100", "gpu-bf16")
 }
+UNSUPPORTED["10_preference"] = {
+    name: "the chapter holds the SFT model, a DPO policy and TRL's copy of it at once: planned "
+    "over this card's budget; it stops on this profile before it loads the model"
+    for name in ("gpu-4gb", "t4-8b")
+}
 CAVEAT = "planned: CPU-calibrated estimates; measured rows come from data/gpu/measured.json"
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from helpers.hardware import CARD_TOTAL_GIB
 
 # The chapters each GPU profile claims (README, "What runs where"; memory_guard.UNSUPPORTED lists
-# what a chapter stops on): t4 runs 00-05 and 09; gpu-4gb 00-05 and 09; t4-8b chapters 00, 03 and
-# 04 (01, 02 and 05 stop at their first cell on it). Chapters 06, 07 and 08 join as they run on GPU profiles.
-# Chapter 11 is claimed by none: its models are the tiny Llama's shape, trained on the CPU on
-# every profile, and its GPU figures are the planner's (memory_guard.UNSUPPORTED says so).
+# what a chapter stops on): t4 runs 00-05, 09 and 10; gpu-4gb 00-05 and 09; t4-8b chapters 00, 03
+# and 04 (01, 02 and 05 stop at their first cell on it). Chapters 06, 07 and 08 join as they run on
+# GPU profiles. Chapter 11 is claimed by none: its models are the tiny Llama's shape, trained on
+# the CPU on every profile, and its GPU figures are the planner's (memory_guard.UNSUPPORTED says so).
 CLAIMS: dict[str, tuple[str, ...]] = {
-    "t4": ("00", "01", "02", "03", "04", "05", "09"),
+    "t4": ("00", "01", "02", "03", "04", "05", "09", "10"),
     "gpu-4gb": ("00", "01", "02", "03", "04", "05", "09"),
     "t4-8b": ("00", "03", "04"),
 }
@@ -25,6 +25,8 @@ PARAMS: dict[str, dict] = {
     "05": {"MAX_STEPS": 6, "EVAL_EXAMPLES": 16, "MC_EXAMPLES": 16, "N_RESAMPLES": 200,
            "OVERFIT_STEPS": 6, "USE_SAVED_ADAPTERS": False},
     "09": {"MAX_STEPS": 6, "PARITY_STEPS": 2, "EVAL_EXAMPLES": 16, "EVAL_EVERY": 3},
+    "10": {"USE_SAVED_ADAPTER": False, "SFT_STEPS": 6, "EVAL_EXAMPLES": 16, "PAIR_RECORDS": 16,
+           "DPO_STEPS": 3, "GRPO_STEPS": 2},
 }  # fmt: skip
 PARAMS_8B = {"03": {"MAX_STEPS": 4, "SAVE_EVERY": 2, "EVAL_EXAMPLES": 8, "TRACK_STEPS": 1}}
 
