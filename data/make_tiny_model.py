@@ -1,33 +1,52 @@
-"""Train the course's tiny Llama: a byte-level BPE tokenizer, then a short CPU pretraining.
+"""Train the course's tiny Llama with the course's own helpers (chapter 11 teaches each step).
 
-Reads data/corpus/pretrain.txt and chat.jsonl (made by make_task_data.py), writes data/tiny-llama/
-(config.json, model.safetensors, tokenizer.json, tokenizer_config.json, chat template) and
-data/tiny-llama/training_log.json (steps, seconds, held-out perplexity of the trained model and
-of a randomly initialised twin), from which data/MODEL_CARD.md quotes its figures.
+Reads data/corpus/pretrain.txt, chat.jsonl and heldout.txt (made by make_task_data.py) and
+writes data/tiny-llama/ (config.json, model.safetensors, tokenizer.json, tokenizer_config.json,
+chat template) and data/tiny-llama/training_log.json (settings, seconds, every step's loss,
+held-out perplexity over training, and what quantization and each layer cost the trained model),
+from which data/MODEL_CARD.md quotes its figures.
+
+1. Tokenizer: byte-level BPE learnt by ``helpers.bpe.library.train_bpe`` from the corpus lines
+   and every chat message.
+2. Documents: the corpus lines and the chat exchanges rendered through the chat template,
+   shuffled together with ``random.Random(0)``, written to a temporary ``.jsonl`` (one
+   ``{"text": ...}`` a line: a rendered chat holds line breaks).
+3. Pretraining: ``helpers.pretrain.library``: the documents streamed through ``datasets``,
+   packed into blocks of 128 tokens, read in order epoch after epoch; AdamW, linear warm-up
+   then cosine decay, the gradient clipped to norm 1; held-out perplexity every 250 steps.
 
 The model learns the shop's language and, from chat.jsonl, to answer instructions in chat
 turns (describe a product as JSON, name a product, reply to a review). It never sees the
 tagging task or its labels, so it cannot tag reviews before fine-tuning.
 
-Usage: python data/make_tiny_model.py [--steps 600] [--threads 2]
+``tests/test_tiny_model.py`` re-runs the first steps from the seed and compares them with the
+log; ``COURSE_SLOW=1`` runs this script whole and compares the weights.
+
+Usage: python data/make_tiny_model.py [--steps N] [--threads 2] [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from tqdm.auto import tqdm
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, PreTrainedTokenizerFast
 
 HERE = Path(__file__).resolve().parent
-SPECIAL_TOKENS = ["<|pad|>", "<|eos|>", "<|system|>", "<|user|>", "<|assistant|>"]
+sys.path.insert(0, str(HERE.parent))  # the course's helpers, when run as a script
+
+from helpers.bpe import SPECIAL_TOKENS, VOCAB_SIZE, tokenizer_corpus  # noqa: E402
+from helpers.bpe import library as bpe  # noqa: E402
+from helpers.llama.library import build_llama  # noqa: E402
+from helpers.pretrain import library as pretrain  # noqa: E402
+from helpers.pretrain import naive as pretrain_naive  # noqa: E402
+
 # A turn is "<|role|>\n{content}\n"; an assistant turn ends with the eos token so that
 # generation stops there. The generation prompt opens an assistant turn.
 CHAT_TEMPLATE = (
@@ -37,22 +56,26 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
 )
-VOCAB_SIZE = 2048
 SEQ_LEN = 128
+SEED = 0
+# The run that made data/tiny-llama (the defaults of the command line).
+SETTINGS = {
+    "steps": 1000,
+    "batch_size": 16,
+    "lr": 3e-3,
+    "warmup_steps": 50,
+    "weight_decay": 0.1,
+    "init_std": 0.002,
+    "threads": 2,
+}
 
 
-def train_tokenizer(lines: list[str]) -> PreTrainedTokenizerFast:
-    """Byte-level BPE (any text encodes; nothing is ever unknown), vocabulary of 2,048."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE,
-        special_tokens=SPECIAL_TOKENS,
-        show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(lines, trainer=trainer)
+def make_tokenizer() -> PreTrainedTokenizerFast:
+    """Byte-level BPE (any text encodes; nothing is ever unknown), 2,048 tokens asked for, learnt
+    by ``helpers.bpe.library.train_bpe`` (chapter 11 builds it by hand and checks the two agree)
+    from the corpus lines and every chat message; wrapped for transformers with the chat
+    template."""
+    tok = bpe.train_bpe(tokenizer_corpus(), vocab_size=VOCAB_SIZE, special_tokens=SPECIAL_TOKENS)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|eos|>",
@@ -62,7 +85,7 @@ def train_tokenizer(lines: list[str]) -> PreTrainedTokenizerFast:
     )
 
 
-def model_config(tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:
+def model_config(tokenizer: PreTrainedTokenizerFast, init_std: float) -> LlamaConfig:
     # Hidden and intermediate sizes are multiples of 64, so 4-bit blocks of 64 fit exactly.
     return LlamaConfig(
         vocab_size=len(tokenizer),
@@ -73,6 +96,7 @@ def model_config(tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:
         num_key_value_heads=2,
         max_position_embeddings=256,
         rms_norm_eps=1e-5,
+        initializer_range=init_std,
         tie_word_embeddings=False,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -80,50 +104,81 @@ def model_config(tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:
     )
 
 
-def pack(tokenizer: PreTrainedTokenizerFast, lines: list[str]) -> torch.Tensor:
-    """Concatenate documents, each followed by eos, and cut into rows of SEQ_LEN tokens."""
-    ids: list[int] = []
-    for ids_line in tokenizer(lines)["input_ids"]:
-        ids.extend(ids_line + [tokenizer.eos_token_id])
-    n_rows = len(ids) // SEQ_LEN
-    return torch.tensor(ids[: n_rows * SEQ_LEN]).view(n_rows, SEQ_LEN)  # (rows, T)
+def render_chats(tokenizer: PreTrainedTokenizerFast) -> list[str]:
+    """The chat exchanges of corpus/chat.jsonl as text, through the chat template.
+
+    Streaming ends every document with eos, so the template's own closing eos is dropped here.
+    """
+    lines = (HERE / "corpus" / "chat.jsonl").read_text(encoding="utf-8").splitlines()
+    texts = []
+    for line in lines:
+        text = tokenizer.apply_chat_template(json.loads(line)["messages"], tokenize=False)
+        texts.append(text.rstrip("\n").removesuffix(tokenizer.eos_token))
+    return texts
 
 
-@torch.no_grad()
-def perplexity(model: LlamaForCausalLM, rows: torch.Tensor, batch_size: int = 32) -> float:
-    """Token-weighted perplexity: exp of the mean loss over every predicted token."""
-    model.eval()
-    total, count = 0.0, 0
-    for start in range(0, len(rows), batch_size):
-        batch = rows[start : start + batch_size]
-        loss = model(input_ids=batch, labels=batch).loss
-        n = batch.numel() - len(batch)  # each row predicts T - 1 tokens
-        total, count = total + loss.item() * n, count + n
-    return math.exp(total / count)
+def write_documents(tokenizer: PreTrainedTokenizerFast, folder: Path) -> Path:
+    """The training documents, shuffled with the seed, one ``{"text": ...}`` a line."""
+    corpus = (HERE / "corpus" / "pretrain.txt").read_text(encoding="utf-8").splitlines()
+    docs = corpus + render_chats(tokenizer)
+    random.Random(SEED).shuffle(docs)  # interleave plain documents and chat exchanges
+    path = folder / "documents.jsonl"
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
+    return path
 
 
-def pretrain(model: LlamaForCausalLM, rows: torch.Tensor, steps: int, batch_size: int) -> list:
-    """AdamW with linear warm-up and cosine decay; returns the loss of every step."""
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1)
-    warmup = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / steps))
-    )
-    gen = torch.Generator().manual_seed(0)
-    losses = []
-    model.train()
-    for _ in tqdm(range(steps), desc="pretraining"):
-        batch = rows[torch.randint(len(rows), (batch_size,), generator=gen)]  # (B, T)
-        loss = model(input_ids=batch, labels=batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
-        losses.append(round(loss.item(), 4))
-    return losses
+def heldout_blocks(tokenizer: PreTrainedTokenizerFast) -> list[dict]:
+    """data/corpus/heldout.txt (documents not in the training corpus) in blocks of SEQ_LEN."""
+    path = HERE / "corpus" / "heldout.txt"
+    return list(pretrain_naive.stream_blocks(path, tokenizer, SEQ_LEN, docs_per_group=10**6))
+
+
+def train(settings: dict, max_steps: int | None = None, progress: bool = True):
+    """Tokenizer, model and history of the run ``settings`` describes, from the seed.
+
+    ``max_steps`` stops early (the schedule stays the full run's), for the reproduction test.
+    """
+    torch.set_num_threads(settings["threads"])
+    tokenizer = make_tokenizer()
+    heldout = heldout_blocks(tokenizer)
+    torch.manual_seed(SEED)
+    model = build_llama(model_config(tokenizer, settings["init_std"]))
+    random_ppl = pretrain.perplexity(model, heldout)
+    with tempfile.TemporaryDirectory() as tmp:
+        blocks = pretrain.stream_blocks(write_documents(tokenizer, Path(tmp)), tokenizer, SEQ_LEN)
+        start = time.perf_counter()
+        history = pretrain.pretrain(
+            model,
+            blocks,
+            max_steps=settings["steps"],
+            micro_batch_size=settings["batch_size"],
+            lr=settings["lr"],
+            warmup_steps=settings["warmup_steps"],
+            weight_decay=settings["weight_decay"],
+            heldout=heldout,
+            eval_every=250,
+            progress=progress,
+            stop_after=max_steps,
+        )
+        seconds = time.perf_counter() - start
+    return tokenizer, model, history, {"random_ppl": random_ppl, "seconds": seconds}
 
 
 def write_card(log: dict) -> None:
     """Write data/MODEL_CARD.md from the training log, so its figures are the run's own."""
+    st, sens = log["settings"], log["sensitivity"]
+    names = list(sens["perplexity"])
+    steps = [None] + [sens["steps"][f"{a}->{b}"] for a, b in zip(names, names[1:])]
+    format_rows = "\n".join(
+        f"| {name} | {sens['perplexity'][name]} | "
+        + (f"{step['mean']:+.4f} ({step['low']:+.4f} to {step['high']:+.4f})" if step else "")
+        + " |"
+        for name, step in zip(names, steps)
+    )
+    layer_rows = "\n".join(
+        f"| {i} | {ppl} | {d['mean']:+.4f} ({d['low']:+.4f} to {d['high']:+.4f}) |"
+        for i, (ppl, d) in enumerate(zip(sens["layer_removed_perplexity"], sens["layer_removed"]))
+    )
     card = f"""# Model card: tiny-llama (data/tiny-llama)
 
 A Llama-architecture causal language model made for this course, so that every chapter runs
@@ -136,12 +191,28 @@ offline on a CPU. Made by `data/make_tiny_model.py` from `data/corpus/pretrain.t
 | architecture | LlamaForCausalLM: 4 layers, hidden 256, intermediate 640, 4 heads (2 KV heads), RoPE |
 | tokenizer | byte-level BPE trained with `tokenizers`, {log["vocab_size"]:,} tokens (the corpus \
 ran out of merges below the {VOCAB_SIZE:,} asked for), chat template |
-| pretraining | {log["steps"]} steps of {log["batch_size"]} x {log["seq_len"]} tokens \
-({log["train_tokens"]:,} tokens), AdamW, cosine schedule |
-| training time | {log["train_seconds"]} s on {log["threads"]} CPU thread(s) |
+| pretraining | {st["steps"]} steps of {st["batch_size"]} x {log["seq_len"]} tokens \
+({log["train_tokens"]:,} tokens), AdamW (learning rate {st["lr"]}, weight decay \
+{st["weight_decay"]}), {st["warmup_steps"]} warm-up steps then cosine decay, seed {log["seed"]}, \
+initial weights with standard deviation {st["init_std"]} |
+| training time | {log["train_seconds"]} s on {st["threads"]} CPU thread(s), torch {log["torch"]} |
 | held-out perplexity | **{log["heldout_ppl"]}** on {log["heldout_tokens"]:,} tokens of \
 `data/corpus/heldout.txt` (documents not in the training corpus) |
 | same, randomly initialised twin | {log["heldout_ppl_random_init"]} |
+
+## What quantization and each layer cost it
+Held-out perplexity ({sens["windows"]} windows of {sens["seq_len"]} tokens) with every decoder
+linear weight round-tripped through each format, and with each decoder block made the identity
+(`helpers/quantization/sensitivity.py`; `tests/test_tiny_model.py` checks the ranking and that
+every block matters, each step beyond its paired 95 % interval):
+
+| weights | perplexity | step from the row above (mean NLL per window, 95 % interval) |
+|---|---|---|
+{format_rows}
+
+| decoder block made the identity | perplexity | against the whole model (95 % interval) |
+|---|---|---|
+{layer_rows}
 
 ## Intended use
 Teaching: quantization, LoRA, QLoRA, memory and evaluation chapters run on it in seconds. It
@@ -159,62 +230,41 @@ shop text and nothing more; no facts, no safety tuning.
     (HERE / "MODEL_CARD.md").write_text(card)
 
 
-def render_chats(tokenizer: PreTrainedTokenizerFast) -> list[str]:
-    """The chat exchanges of corpus/chat.jsonl as text, through the chat template.
+def main(settings: dict, out: Path) -> None:
+    tokenizer, model, history, run = train(settings)
+    from helpers.quantization.sensitivity import sensitivity_report
 
-    ``pack`` ends every document with eos, so the template's own closing eos is dropped here.
-    """
-    lines = (HERE / "corpus" / "chat.jsonl").read_text(encoding="utf-8").splitlines()
-    texts = []
-    for line in lines:
-        text = tokenizer.apply_chat_template(json.loads(line)["messages"], tokenize=False)
-        texts.append(text.rstrip("\n").removesuffix(tokenizer.eos_token))
-    return texts
-
-
-def main(steps: int, batch_size: int, threads: int) -> None:
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    corpus = (HERE / "corpus" / "pretrain.txt").read_text(encoding="utf-8").splitlines()
-    heldout = (HERE / "corpus" / "heldout.txt").read_text(encoding="utf-8").splitlines()
-    chat_lines = (HERE / "corpus" / "chat.jsonl").read_text(encoding="utf-8").splitlines()
-    chat_text = [m["content"] for line in chat_lines for m in json.loads(line)["messages"]]
-    tokenizer = train_tokenizer(corpus + chat_text)
-    corpus = corpus + render_chats(tokenizer)
-    random.Random(0).shuffle(corpus)  # interleave plain documents and chat exchanges
-    train_rows, heldout_rows = pack(tokenizer, corpus), pack(tokenizer, heldout)
-    config = model_config(tokenizer)
-    random_ppl = perplexity(LlamaForCausalLM(config), heldout_rows)
-    model = LlamaForCausalLM(config)
-    start = time.perf_counter()
-    losses = pretrain(model, train_rows, steps, batch_size)
-    seconds = time.perf_counter() - start
     log = {
+        "settings": settings,
+        "seed": SEED,
+        "torch": torch.__version__,
         "parameters": sum(p.numel() for p in model.parameters()),
         "vocab_size": len(tokenizer),
-        "steps": steps,
-        "batch_size": batch_size,
         "seq_len": SEQ_LEN,
-        "threads": threads,
-        "train_tokens": steps * batch_size * SEQ_LEN,
-        "train_seconds": round(seconds, 1),
-        "heldout_tokens": heldout_rows.numel(),
-        "heldout_ppl": round(perplexity(model, heldout_rows), 3),
-        "heldout_ppl_random_init": round(random_ppl, 1),
-        "losses_every_50": losses[::50] + [losses[-1]],
+        "train_tokens": settings["steps"] * settings["batch_size"] * SEQ_LEN,
+        "train_seconds": round(run["seconds"], 1),
+        "heldout_tokens": sum(len(b["input_ids"]) for b in heldout_blocks(tokenizer)),
+        "heldout_ppl": round(history["val_ppl"][-1], 3),
+        "heldout_ppl_random_init": round(run["random_ppl"], 1),
+        "val_step": history["val_step"],
+        "val_ppl": [round(p, 4) for p in history["val_ppl"]],
+        "loss": [round(x, 6) for x in history["loss"]],
+        "sensitivity": sensitivity_report(model, tokenizer),
     }
-    out = HERE / "tiny-llama"
+    out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     (out / "training_log.json").write_text(json.dumps(log, indent=2) + "\n")
-    write_card(log)
-    print(json.dumps({k: v for k, v in log.items() if k != "losses_every_50"}, indent=2))
+    if out.resolve() == (HERE / "tiny-llama").resolve():
+        write_card(log)
+    print(json.dumps({k: v for k, v in log.items() if k not in ("loss", "val_step")}, indent=2))
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    main(args.steps, args.batch_size, args.threads)
+    for name, value in SETTINGS.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    parser.add_argument("--out", type=Path, default=HERE / "tiny-llama")
+    args = vars(parser.parse_args())
+    out = args.pop("out")
+    main(args, out)

@@ -16,6 +16,10 @@ filtered (blank or shorter than ``min_chars``: dropped), tokenized, each followe
 end-of-sequence token, and a group of ``docs_per_group`` documents is concatenated and cut into
 blocks of ``block_size`` tokens; the group's last partial block is dropped (as transformers'
 ``run_clm.py`` example does for each ``map`` batch).
+
+A plain text file holds one document per line. A ``.jsonl`` file holds one JSON object per line
+with the document in its ``"text"`` field, for documents that contain line breaks (a chat
+exchange rendered through its template); the files of one stream are all of one kind.
 """
 
 from __future__ import annotations
@@ -51,7 +55,36 @@ def check_stream_args(
     whole_number(block_size, "block_size", low=2)
     whole_number(min_chars, "min_chars", low=0)
     whole_number(docs_per_group, "docs_per_group")
+    file_kind(files)
     return files
+
+
+def file_kind(files: list[Path]) -> str:
+    """``"json"`` when every file is ``.jsonl`` (a ``"text"`` field per line), ``"text"`` when
+    none is; a mix is refused (``datasets`` reads one format per stream)."""
+    kinds = {"json" if f.suffix == ".jsonl" else "text" for f in files}
+    if len(kinds) > 1:
+        raise ValueError(
+            f"paths mixes .jsonl and plain text files ({[f.name for f in files]}): "
+            "stream them separately, or write them all in one format"
+        )
+    return kinds.pop()
+
+
+def jsonl_text(line: str, path: Path, number: int) -> str:
+    """The ``"text"`` field of one line of a ``.jsonl`` file; the error names file and line."""
+    import json
+
+    try:
+        record = json.loads(line)
+        text = record["text"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(
+            f'{path}, line {number}: expected a JSON object with a "text" field ({err!r:.80})'
+        ) from None
+    if not isinstance(text, str):
+        raise ValueError(f'{path}, line {number}: "text" must be a string, got {text!r:.40}')
+    return text
 
 
 def check_loop_args(
@@ -68,6 +101,16 @@ def check_loop_args(
     positive_number(lr, "lr")
     whole_number(warmup_steps, "warmup_steps", low=0, high=max_steps)
     whole_number(eval_every, "eval_every")
+
+
+def check_stop_after(stop_after: object, max_steps: int) -> int:
+    """``None`` (run every step) or a step count from 1 to ``max_steps``."""
+    from helpers.checks import whole_number
+
+    if stop_after is None:
+        return max_steps
+    whole_number(stop_after, "stop_after", high=max_steps)
+    return stop_after
 
 
 def check_blocks(blocks: object, name: str) -> list[list[int]]:
@@ -125,8 +168,9 @@ def train_loop(model, blocks, settings: dict, loss_fn, schedule_fn, perplexity_f
     schedule = schedule_fn(opt, s["warmup_steps"], s["max_steps"])
     history = {"loss": [], "lr": [], "val_step": [], "val_ppl": []}
     batches = micro_batches(blocks, s["micro_batch_size"])
+    last = check_stop_after(s["stop_after"], s["max_steps"])
     model.train()
-    for step in tqdm(range(1, s["max_steps"] + 1), desc="pretraining", disable=not s["progress"]):
+    for step in tqdm(range(1, last + 1), desc="pretraining", disable=not s["progress"]):
         loss = loss_fn(model, next(batches))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -135,7 +179,7 @@ def train_loop(model, blocks, settings: dict, loss_fn, schedule_fn, perplexity_f
         schedule.step()
         opt.zero_grad(set_to_none=True)
         history["loss"].append(loss.item())
-        if s["heldout"] is not None and (step % s["eval_every"] == 0 or step == s["max_steps"]):
+        if s["heldout"] is not None and (step % s["eval_every"] == 0 or step == last):
             history["val_step"].append(step)
             history["val_ppl"].append(perplexity_fn(model, s["heldout"]))
             model.train()

@@ -3,7 +3,7 @@ model, the schedule from ``transformers.get_cosine_schedule_with_warmup``. The s
 names as ``naive.py``.
 
 ``stream_blocks`` returns a ``datasets.IterableDataset``: ``load_dataset("text", ...,
-streaming=True)`` reads the files lazily, ``filter`` drops short lines, one batched ``map``
+streaming=True)`` (``"json"`` for ``.jsonl`` files) reads the files lazily, ``filter`` drops short lines, one batched ``map``
 tokenizes and ends each document with eos, a second packs each batch of ``docs_per_group``
 documents into blocks. Nothing runs until the stream is read, and each pass reads the files
 again.
@@ -24,6 +24,7 @@ from helpers.pretrain import (
     check_blocks,
     check_loop_args,
     check_stream_args,
+    file_kind,
     train_loop,
 )
 
@@ -49,7 +50,9 @@ def stream_blocks(
         starts = range(0, len(ids) - block_size + 1, block_size)
         return {"input_ids": [ids[start : start + block_size] for start in starts]}
 
-    stream = load_dataset("text", data_files=[str(f) for f in files], split="train", streaming=True)
+    kind = file_kind(files)  # "text": one document a line; "json": a "text" field a line
+    stream = load_dataset(kind, data_files=[str(f) for f in files], split="train", streaming=True)
+    stream = stream.select_columns(["text"])
     stream = stream.filter(lambda row: len(row["text"].strip()) >= min_chars)
     stream = stream.map(tokenize, batched=True, remove_columns=["text"])
     return stream.map(pack, batched=True, batch_size=docs_per_group)
@@ -93,6 +96,7 @@ def pretrain(
     heldout: Sequence | None = None,
     eval_every: int = 50,
     progress: bool = True,
+    stop_after: int | None = None,
 ) -> dict[str, list]:
     """Train a transformers causal LM on ``blocks`` (see ``naive.pretrain``)."""
     check_loop_args(max_steps, micro_batch_size, lr, warmup_steps, eval_every)
@@ -100,5 +104,5 @@ def pretrain(
         check_blocks(heldout, "heldout")
     settings = dict(max_steps=max_steps, micro_batch_size=micro_batch_size, lr=lr)
     settings |= dict(warmup_steps=warmup_steps, weight_decay=weight_decay, heldout=heldout)
-    settings |= dict(eval_every=eval_every, progress=progress)
+    settings |= dict(eval_every=eval_every, progress=progress, stop_after=stop_after)
     return train_loop(model, blocks, settings, next_token_loss, lr_schedule, perplexity)

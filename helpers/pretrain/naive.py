@@ -31,16 +31,24 @@ from helpers.pretrain import (
     check_blocks,
     check_loop_args,
     check_stream_args,
+    file_kind,
+    jsonl_text,
     train_loop,
 )
 
 
 def read_documents(paths: list[Path], min_chars: int) -> Iterator[str]:
-    """One document per line, the blank and the short ones skipped, one line in memory."""
+    """One document per line (a ``.jsonl`` line's ``"text"``), the blank and the short ones
+    skipped, one line in memory."""
+    as_json = file_kind(paths) == "json"
     for path in paths:
         with open(path, encoding="utf-8") as lines:
-            for line in lines:
+            for number, line in enumerate(lines, start=1):
                 line = line.rstrip("\r\n")
+                if as_json:
+                    if not line.strip():
+                        continue
+                    line = jsonl_text(line, path, number)
                 if len(line.strip()) >= min_chars:
                     yield line
 
@@ -154,6 +162,7 @@ def pretrain(
     heldout: Sequence | None = None,
     eval_every: int = 50,
     progress: bool = True,
+    stop_after: int | None = None,
 ) -> dict[str, list]:
     """Train ``model`` on ``blocks`` (read in order, again from the start when they run out).
 
@@ -161,6 +170,8 @@ def pretrain(
         model: a causal LM (a transformers model, or this course's naive Llama).
         blocks: ``{"input_ids": ...}`` rows, e.g. from ``stream_blocks``.
         heldout: blocks never trained on, scored by ``perplexity`` every ``eval_every`` steps.
+        stop_after: stop after this many steps, the schedule still that of ``max_steps`` (to
+            replay the start of a long run).
     Returns:
         the history: ``loss`` and ``lr`` per step, ``val_step`` and ``val_ppl``.
     """
@@ -169,5 +180,5 @@ def pretrain(
         check_blocks(heldout, "heldout")
     settings = dict(max_steps=max_steps, micro_batch_size=micro_batch_size, lr=lr)
     settings |= dict(warmup_steps=warmup_steps, weight_decay=weight_decay, heldout=heldout)
-    settings |= dict(eval_every=eval_every, progress=progress)
+    settings |= dict(eval_every=eval_every, progress=progress, stop_after=stop_after)
     return train_loop(model, blocks, settings, next_token_loss, lr_schedule, perplexity)

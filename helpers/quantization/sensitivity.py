@@ -1,0 +1,166 @@
+"""Can this model tell int2 from fp32? What quantization and each decoder layer cost a model,
+with paired 95 % intervals, so that a lesson's verdict can come out either way.
+
+Used by ``data/make_tiny_model.py`` (its log and the model card), ``tests/test_tiny_model.py``
+(the tiny model must rank fp32 <= int8 < NF4 < int3 < int2, and need every layer) and chapter
+01's check. Not a twin: it measures, with ``measure.swapped_weights`` and the naive quantizers.
+
+The held-out text is cut into windows of ``seq_len`` tokens; each window's mean negative
+log-likelihood (NLL) is one observation. Two weight formats are compared window by window (the
+same text under both), and the mean difference gets a normal-approximation interval,
+mean +- 1.96 standard errors: with a hundred or more windows the mean is close to normal.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from helpers.evaluation import naive as evaluation
+from helpers.quantization import measure
+from helpers.quantization import naive as quant
+
+Z95 = 1.959964  # two-sided 95 % normal quantile
+RTN_BLOCKSIZE = 64  # the int3 / int2 grids use NF4's block of 64 values
+
+
+def int8_round_trip(w: torch.Tensor) -> torch.Tensor:
+    """Per-row absmax int8, as LLM.int8() stores weights."""
+    q, row_absmax = quant.quantize_absmax_int8(w.float(), per_row=True)
+    return quant.dequantize_absmax_int8(q, row_absmax).to(w.dtype)
+
+
+def nf4_round_trip(w: torch.Tensor) -> torch.Tensor:
+    """NF4, blocks of 64 (bitsandbytes' 4-bit format without double quantization)."""
+    packed, absmax = quant.quantize_nf4(w)
+    return quant.dequantize_nf4(packed, absmax, w.shape, dtype=w.dtype)
+
+
+def rtn_round_trip(bits: int, blocksize: int = RTN_BLOCKSIZE) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Round to nearest on ``2**bits - 1`` evenly spaced levels in [-1, 1] times each block's
+    absmax (symmetric, with a zero: int3 has 7 levels, int2 three)."""
+    code = quant.linear_codebook(bits)
+
+    def round_trip(w: torch.Tensor) -> torch.Tensor:
+        codes, absmax = quant.quantize_blockwise(w.float(), code, blocksize)
+        return quant.dequantize_blockwise(codes, absmax, code, blocksize).to(w.dtype)
+
+    return round_trip
+
+
+FORMATS: dict[str, Callable[[torch.Tensor], torch.Tensor] | None] = {
+    "fp32": None,
+    "int8": int8_round_trip,
+    "nf4": nf4_round_trip,
+    "int3": rtn_round_trip(3),
+    "int2": rtn_round_trip(2),
+}
+
+
+@torch.no_grad()
+def window_nll(
+    model: nn.Module, input_ids: torch.Tensor, seq_len: int = 128, batch_size: int = 32
+) -> torch.Tensor:
+    """Mean NLL of each window of ``seq_len`` tokens of ``input_ids`` (L,): a (W,) float64
+    tensor, W = L // seq_len (the tail is dropped). The inputs go to the model's device."""
+    if input_ids.dim() != 1:
+        raise ValueError(f"input_ids must be one token stream (L,), got shape {tuple(input_ids.shape)}")
+    n_windows = input_ids.numel() // seq_len
+    if n_windows < 2:
+        raise ValueError(
+            f"need at least 2 windows of seq_len={seq_len} tokens for an interval, "
+            f"got {input_ids.numel()} tokens"
+        )
+    windows = input_ids[: n_windows * seq_len].view(n_windows, seq_len)  # (W, T)
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, n_windows, batch_size):
+        batch = windows[start : start + batch_size].to(device)  # (b, T)
+        nll, n_tokens = evaluation.sequence_nll(model, batch, batch)  # (b,), (b,)
+        out.append((nll / n_tokens).double().cpu())
+    return torch.cat(out)
+
+
+def paired_difference(after: torch.Tensor, before: torch.Tensor) -> dict[str, float]:
+    """Mean of ``after - before`` over windows with its 95 % interval (normal approximation)."""
+    if after.shape != before.shape or after.numel() < 2:
+        raise ValueError(
+            f"need two per-window NLLs of one shape with 2+ windows, got {tuple(after.shape)} "
+            f"and {tuple(before.shape)}"
+        )
+    diff = (after - before).double()
+    mean, se = diff.mean().item(), diff.std().item() / math.sqrt(diff.numel())
+    return {"mean": mean, "low": mean - Z95 * se, "high": mean + Z95 * se}
+
+
+def format_nll(model: nn.Module, input_ids: torch.Tensor, seq_len: int = 128) -> dict[str, torch.Tensor]:
+    """Per-window NLL with every linear weight (but the output head) in each of ``FORMATS``."""
+    out = {}
+    for name, round_trip in FORMATS.items():
+        if round_trip is None:
+            out[name] = window_nll(model, input_ids, seq_len)
+        else:
+            with measure.swapped_weights(model, round_trip):
+                out[name] = window_nll(model, input_ids, seq_len)
+    return out
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder blocks of a transformers causal LM (``model.model.layers``)."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise TypeError(f"{type(model).__name__} has no .model.layers decoder blocks")
+    return layers
+
+
+@torch.no_grad()
+def layer_removed_nll(model: nn.Module, input_ids: torch.Tensor, seq_len: int = 128) -> list[torch.Tensor]:
+    """Per-window NLL with each decoder block in turn made the identity: the attention's and the
+    MLP's output projections zeroed, so the block adds nothing to the residual stream. The
+    weights come back after each, even after an error."""
+    out = []
+    for layer in decoder_layers(model):
+        outputs = [layer.self_attn.o_proj.weight, layer.mlp.down_proj.weight]
+        saved = [w.detach().clone() for w in outputs]
+        try:
+            for w in outputs:
+                w.zero_()
+            out.append(window_nll(model, input_ids, seq_len))
+        finally:
+            for w, s in zip(outputs, saved):
+                w.copy_(s)
+    return out
+
+
+def heldout_ids(tokenizer) -> torch.Tensor:
+    """``data/corpus/heldout.txt`` tokenized as one stream (documents never trained on)."""
+    from helpers.paths import HELDOUT_TEXT
+
+    text = HELDOUT_TEXT.read_text(encoding="utf-8")
+    return torch.tensor(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+
+def sensitivity_report(model: nn.Module, tokenizer, seq_len: int = 128) -> dict:
+    """Perplexity per format and with each layer removed, and the paired intervals of each
+    step of the ranking fp32 -> int8 -> nf4 -> int3 -> int2 and of each removal against the
+    model as it is (differences of mean NLL per window; > 0 means worse)."""
+    ids = heldout_ids(tokenizer)
+    nll = format_nll(model, ids, seq_len)
+    removed = layer_removed_nll(model, ids, seq_len)
+    names = list(FORMATS)
+    return {
+        "windows": int(nll["fp32"].numel()),
+        "seq_len": seq_len,
+        "perplexity": {k: round(math.exp(v.mean().item()), 4) for k, v in nll.items()},
+        "steps": {
+            f"{a}->{b}": {k: round(v, 5) for k, v in paired_difference(nll[b], nll[a]).items()}
+            for a, b in zip(names, names[1:])
+        },
+        "layer_removed_perplexity": [round(math.exp(v.mean().item()), 4) for v in removed],
+        "layer_removed": [
+            {k: round(v, 5) for k, v in paired_difference(v, nll["fp32"]).items()} for v in removed
+        ],
+    }
