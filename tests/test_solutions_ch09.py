@@ -134,3 +134,28 @@ def test_explicit_defaults_beside_the_four_pass():
     answer = solutions.TRL_MATCHING_SETTINGS | {"completion_only_loss": True, "packing": False}
     assert check("settings", answer, checkers.check_trl_matching_settings)
     assert len(solutions.TRL_MATCHING_SETTINGS) == 4  # the exercise's text says four
+
+
+def test_the_chapter_states_the_number_of_settings_the_checker_asks_for():
+    """Exercise 3's text and section 2's prose name as many settings as the checker wants."""
+    import re
+
+    import nbformat
+
+    from helpers.paths import CHAPTERS_DIR
+
+    words = {"three": 3, "four": 4, "five": 5, "six": 6}
+    cells = nbformat.read(CHAPTERS_DIR / "09_your_data.ipynb", as_version=4).cells
+    prose = " ".join(" ".join(c.source.split()) for c in cells if c.cell_type == "markdown")
+    exercise = re.search(r"\*\*3\.\*\* Which `SFTConfig` fields.*?(\w+) are checked", prose)
+    section = re.search(r"(\w+) of `SFTConfig`'s defaults must change", prose)
+    assert exercise and section, "chapter 09: exercise 3 or section 2 no longer counts settings"
+    stated = {words.get(m.group(1).lower()) for m in (exercise, section)}
+    missing = dict(solutions.TRL_MATCHING_SETTINGS)
+    missing.popitem()
+    with pytest.raises(ExerciseFailed):  # the checker wants every one of them
+        check("settings", missing, checkers.check_trl_matching_settings)
+    assert stated == {len(solutions.TRL_MATCHING_SETTINGS)}, (
+        f"chapter 09 says {exercise.group(1)!r} (exercise 3) and {section.group(1)!r} (section 2); "
+        f"the checker asks for {len(solutions.TRL_MATCHING_SETTINGS)}"
+    )
