@@ -16,6 +16,9 @@ those b + c examples, A's wins (b) and B's wins (c) could be a fair coin's split
 
     p = min(1, 2 * P(X <= min(b, c))),  X ~ Binomial(b + c, 1/2)        (two-sided)
 
+``paired_verdict`` says what the test allows: A better or worse than B when p < alpha (the side
+with more wins), otherwise "no difference detected", which is not "no difference".
+
 All three cover one source of noise only: which test examples were drawn, assuming they are an
 independent sample from the population of interest. They say nothing about training noise
 (another seed gives another model) or about a test set unlike real use.
