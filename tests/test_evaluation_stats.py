@@ -59,6 +59,26 @@ def test_mcnemar_exact_known_values():
     assert stats.mcnemar_exact(a, a)["p_value"] == 1.0  # no discordant pair
 
 
+def test_paired_verdict_says_who_won_only_when_the_test_does():
+    # 9 examples only A gets right, 1 only B: p = 22/1024 < 0.05, A better; the other way, worse
+    a = np.array([1] * 9 + [0] + [1] * 5)
+    b = np.array([0] * 9 + [1] + [1] * 5)
+    assert stats.paired_verdict(a, b) == {**stats.mcnemar_exact(a, b), "verdict": "better"}
+    assert stats.paired_verdict(b, a)["verdict"] == "worse"
+    # the same split at a stricter level, 4 to 0 (p = 0.125), and a tie (p = 1): nothing shown
+    assert stats.paired_verdict(a, b, alpha=0.01)["verdict"] == "no difference detected"
+    a4 = np.array([1, 1, 1, 1, 0, 1])
+    b4 = np.array([0, 0, 0, 0, 0, 1])
+    assert stats.paired_verdict(a4, b4)["verdict"] == "no difference detected"
+    tie = stats.paired_verdict([1, 0, 1, 0], [0, 1, 0, 1])
+    assert (tie["a_only"], tie["b_only"], tie["verdict"]) == (2, 2, "no difference detected")
+    # p exactly at alpha is not below it: 4 to 0 gives p = 0.125
+    assert stats.paired_verdict(a4, b4, alpha=0.125)["verdict"] == "no difference detected"
+    assert stats.paired_verdict(a4, b4, alpha=0.13)["verdict"] == "better"
+    with pytest.raises(ValueError, match="alpha"):
+        stats.paired_verdict(a4, b4, alpha=5)
+
+
 def test_mcnemar_against_scipy_binomtest():
     scipy_stats = pytest.importorskip("scipy.stats")
     rng = np.random.default_rng(0)

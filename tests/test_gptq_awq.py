@@ -46,6 +46,26 @@ def test_gptq_result_is_on_the_grid():
     assert (res.weight[:, 5] == 0).all()  # a dead input's weight is dropped
 
 
+@pytest.mark.parametrize("group_size", [32, 64])
+def test_rtn_is_gptq_without_error_feedback(group_size):
+    # Chapter 06's RTN row is the baseline GPTQ must beat, so it must be GPTQ's own grid with
+    # nothing pushed onto later columns. Uncorrelated inputs (a diagonal Hessian) make GPTQ's
+    # Cholesky factor diagonal: no feedback, and GPTQ reduces to RTN on the same grid.
+    w, _ = _layer(4)
+    h = torch.diag(torch.rand(w.shape[1]) + 0.5)  # (in, in), diagonal
+    gptq = naive.gptq_quantize(w, h, group_size=group_size)
+    rtn = naive.rtn_quantize(w, 4, group_size)
+    torch.testing.assert_close(rtn, gptq.weight, rtol=0, atol=1e-6)
+    g = torch.arange(w.shape[1]) // group_size
+    torch.testing.assert_close(
+        rtn, gptq.scale[:, g] * (gptq.codes.float() - gptq.zero[:, g]), rtol=0, atol=1e-6
+    )
+    # with correlated inputs the feedback moves weights: the two are no longer the same
+    assert not torch.allclose(
+        naive.gptq_quantize(w, naive.hessian(_layer(4)[1])).weight, naive.rtn_quantize(w)
+    )
+
+
 def test_gptq_one_column_update_by_hand():
     # The first column is rounded; the second absorbs its error through U[0, 1] / U[0, 0].
     w, x = _layer(2, out_features=4, in_features=32, n=64)

@@ -16,6 +16,9 @@ those b + c examples, A's wins (b) and B's wins (c) could be a fair coin's split
 
     p = min(1, 2 * P(X <= min(b, c))),  X ~ Binomial(b + c, 1/2)        (two-sided)
 
+``paired_verdict`` says what the test allows: A better or worse than B when p < alpha (the side
+with more wins), otherwise "no difference detected", which is not "no difference".
+
 All three cover one source of noise only: which test examples were drawn, assuming they are an
 independent sample from the population of interest. They say nothing about training noise
 (another seed gives another model) or about a test set unlike real use.
@@ -29,7 +32,13 @@ from statistics import NormalDist
 
 import numpy as np
 
-__all__ = ["wilson_interval", "clopper_pearson_interval", "mcnemar_exact", "proportion_interval"]
+__all__ = [
+    "wilson_interval",
+    "clopper_pearson_interval",
+    "mcnemar_exact",
+    "paired_verdict",
+    "proportion_interval",
+]
 
 
 def _check_counts(successes: int, n: int, confidence: float) -> None:
@@ -167,3 +176,29 @@ def mcnemar_exact(
         tail = sum(math.comb(m, i) for i in range(min(a_only, b_only) + 1))
         p_value = min(1.0, 2 * tail / 2**m)
     return {"a_only": a_only, "b_only": b_only, "discordant": m, "p_value": p_value}
+
+
+def paired_verdict(
+    correct_a: Sequence[bool] | np.ndarray,
+    correct_b: Sequence[bool] | np.ndarray,
+    alpha: float = 0.05,
+) -> dict[str, float | int | str]:
+    """McNemar's exact test of A against B on the same examples, and the verdict it allows.
+
+    Args:
+        correct_a, correct_b: (n,) booleans or 0/1, whether each model got example i right.
+        alpha: the test's level (two-sided).
+    Returns:
+        ``mcnemar_exact``'s dict plus ``verdict``: ``"better"`` when A is right on more of the
+        discordant examples and p < alpha, ``"worse"`` when B is, else
+        ``"no difference detected"`` (which is not "no difference": too few discordant pairs
+        and the test cannot see one).
+    """
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    test = mcnemar_exact(correct_a, correct_b)
+    if test["p_value"] >= alpha:  # a tie (a_only == b_only) always lands here: p = 1
+        verdict = "no difference detected"
+    else:
+        verdict = "better" if test["a_only"] > test["b_only"] else "worse"
+    return {**test, "verdict": verdict}
