@@ -75,7 +75,9 @@ UNSUPPORTED["10_preference"] = {
 }
 # Share of the budget a chapter's planned peak must leave free, where its issue asks for it:
 # chapter 10 holds one model at a time so that it fits the 4 GB card and the T4 with 10 % to
-# spare (before, it held up to five copies: 3.79 GiB planned on gpu-4gb's 2.90).
+# spare (before, it held up to five copies: 3.79 GiB planned on gpu-4gb's 2.90). The training
+# terms are the profile's SFT batch (gpu-4gb: 2 x 256 tokens); chapter 10's GRPO step is larger
+# (4 prompts x 4 answers, about 16 x 84 tokens on the tiny tokenizer), which this plan misses.
 SPARE = {"10_preference": 0.10}
 CAVEAT = "planned: CPU-calibrated estimates; measured rows come from data/gpu/measured.json"
 
