@@ -7,6 +7,9 @@ synthetic chapter run in an in-process IPython shell holds 3 copies of the tiny 
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -153,3 +156,24 @@ def test_a_cell_the_guard_could_not_measure_fails_check(tmp_path, monkeypatch):
     cell = {"cell": 3, "label": "x = odd()", "error": "RuntimeError: boom", "graph": False}
     resident.save_record(tmp_path / "g.json", {"00_setup": {"unsupported": {}, "cells": [cell]}})
     assert memory_guard.main(["check", str(tmp_path / "g.json")]) == 1
+
+
+def test_chapter_10_is_planned_with_10_percent_to_spare_on_the_4gb_card():
+    """Chapter 10's per-cell records on the tiny profile (the chapter run with COURSE_MEMGUARD
+    set and small sizes: 2 DPO and GRPO steps, 4 test records): at commit f9d6e9c it kept up to
+    five copies of the model (the SFT model, both DPO policies, the GRPO probe and TRL's copy of
+    it); now one, each policy a fresh adapter on the merged SFT model. Planned, not measured."""
+    data = Path(__file__).parent / "data"
+    one = {r.profile: r for r in memory_guard.evaluate(resident.load_record(data / "memguard-tiny-ch10-one-model.json"))}  # fmt: skip
+    five = {r.profile: r for r in memory_guard.evaluate(resident.load_record(data / "memguard-tiny-ch10-five-copies.json"))}  # fmt: skip
+    for name in ("gpu-4gb", "t4"):
+        row = one[name]
+        assert row.source == "planned" and row.spare == 0.10
+        assert row.peak_bytes <= 0.9 * row.card_bytes, memory_guard.table(list(one.values()))
+        assert row.ok and "with 10% to spare" in row.verdict
+    assert five["gpu-4gb"].peak_bytes > five["gpu-4gb"].card_bytes and not five["gpu-4gb"].ok
+    assert "fresh_policy" in five["gpu-4gb"].cell  # the GRPO probe beside all the rest
+    # the spare bites: a peak at 95 % of the card fits the card but not the chapter's demand
+    near = dataclasses.replace(one["gpu-4gb"], peak_bytes=int(0.95 * one["gpu-4gb"].card_bytes))
+    assert not near.ok and dataclasses.replace(near, spare=0.0).ok
+    assert "t4-8b" in memory_guard.UNSUPPORTED["10_preference"] and one["t4-8b"].peak_bytes is None

@@ -17,6 +17,9 @@ Settings chosen here, and why:
   (``helpers.dpo.pairs.to_trl_record``): the course's prompts are raw task prompts and its models
   chat models. TRL itself uses a text prompt as it is; give conversational records (lists of
   turns) to leave the template to TRL.
+- The adapter stays as it was given, values and dtype (``helpers.dpo.adapter_kept``): on a
+  quantized base TRL casts the adapter to bf16 when the trainer is built (the QLoRA paper's
+  choice); the naive twin keeps peft's fp32 adapter, and a T4 has no native bf16.
 - A model that already has an adapter makes TRL keep a frozen copy of it, named "ref", as the
   reference. The course's reference is the model under the adapter (see ``naive``), so that copy
   is deleted and TRL falls back to ``disable_adapter``, as it does for a new adapter.
@@ -38,7 +41,14 @@ from trl import DPOConfig, DPOTrainer
 from trl.trainer.utils import add_fused_lm_head
 
 from helpers.checks import positive_number
-from helpers.dpo import METRIC_NAMES, check_adapter, check_batch, check_records, check_training
+from helpers.dpo import (
+    METRIC_NAMES,
+    adapter_kept,
+    check_adapter,
+    check_batch,
+    check_records,
+    check_training,
+)
 from helpers.dpo.naive import DPOOutput, DPOResult
 from helpers.dpo.pairs import to_trl_record
 from helpers.sft import quiet_version_skew
@@ -99,7 +109,7 @@ def _trainer(
     )
     config = DPOConfig(**{**settings, **changes})
     dataset = datasets.Dataset.from_list([to_trl_record(tokenizer, r) for r in records])
-    with quiet_version_skew():
+    with quiet_version_skew(), adapter_kept(model):  # TRL casts a QLoRA adapter to bf16
         trainer = DPOTrainer(
             model=model, args=config, train_dataset=dataset, processing_class=tokenizer
         )

@@ -16,6 +16,8 @@ Settings chosen here, and why:
 - ``pad_to_multiple_of=None``: padded to the longest row, as the naive twin pads.
 - ``current_gradient_accumulation_steps = 1``: ``Trainer.train`` sets it for each step; the
   loss of a single micro-batch is computed here outside ``train``.
+- The adapter stays as it was given (``helpers.dpo.adapter_kept``): on a quantized base TRL
+  casts it to bf16 when the trainer is built; the naive twin keeps peft's fp32 adapter.
 - A model that already has an adapter makes TRL keep a frozen copy of it as the reference when
   ``beta > 0``; the copy is deleted, so the reference is the model under the adapter (as in
   ``naive``).
@@ -32,7 +34,7 @@ import torch
 from transformers import PreTrainedTokenizerBase, PrinterCallback
 from trl import GRPOConfig, GRPOTrainer
 
-from helpers.dpo import check_adapter
+from helpers.dpo import adapter_kept, check_adapter
 from helpers.grpo import check_rollouts, check_settings, encode_rollouts, task_reward
 from helpers.grpo.naive import GRPOOutput
 from helpers.sft import quiet_version_skew
@@ -43,7 +45,7 @@ def _trainer(model, tokenizer, rows, reward, rollout, config: GRPOConfig) -> GRP
     silence = os.environ.get("TRL_EXPERIMENTAL_SILENCE")
     os.environ["TRL_EXPERIMENTAL_SILENCE"] = "1"  # rollout_func is marked experimental in 1.16
     try:
-        with quiet_version_skew():
+        with quiet_version_skew(), adapter_kept(model):  # TRL casts a QLoRA adapter to bf16
             trainer = GRPOTrainer(
                 model=model,
                 reward_funcs=[reward],
