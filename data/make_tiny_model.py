@@ -169,11 +169,14 @@ def write_card(log: dict) -> None:
     st, sens = log["settings"], log["sensitivity"]
     names = list(sens["perplexity"])
     steps = [None] + [sens["steps"][f"{a}->{b}"] for a, b in zip(names, names[1:])]
+    choices = {"fp32": None, **sens["changed_choices"]}
     format_rows = "\n".join(
         f"| {name} | {sens['perplexity'][name]} | "
-        + (f"{step['mean']:+.4f} ({step['low']:+.4f} to {step['high']:+.4f})" if step else "")
+        + (f"{step['mean']:+.5f} ({step['low']:+.5f} to {step['high']:+.5f})" if step else "")
+        + " | "
+        + (f"{c['share']:.2%} ({c['low']:.2%} to {c['high']:.2%})" if c else "")
         + " |"
-        for name, step in zip(names, steps)
+        for name, step, c in zip(names, steps, choices.values())
     )
     layer_rows = "\n".join(
         f"| {i} | {ppl} | {d['mean']:+.4f} ({d['low']:+.4f} to {d['high']:+.4f}) |"
@@ -191,7 +194,7 @@ offline on a CPU. Made by `data/make_tiny_model.py` from `data/corpus/pretrain.t
 | architecture | LlamaForCausalLM: 4 layers, hidden 256, intermediate 640, 4 heads (2 KV heads), RoPE |
 | tokenizer | byte-level BPE trained with `tokenizers`, {log["vocab_size"]:,} tokens (the corpus \
 ran out of merges below the {VOCAB_SIZE:,} asked for), chat template |
-| pretraining | {st["steps"]} steps of {st["batch_size"]} x {log["seq_len"]} tokens \
+| pretraining | {st["steps"]:,} steps of {st["batch_size"]} x {log["seq_len"]} tokens \
 ({log["train_tokens"]:,} tokens), AdamW (learning rate {st["lr"]}, weight decay \
 {st["weight_decay"]}), {st["warmup_steps"]} warm-up steps then cosine decay, seed {log["seed"]}, \
 initial weights with standard deviation {st["init_std"]} |
@@ -204,10 +207,11 @@ initial weights with standard deviation {st["init_std"]} |
 Held-out perplexity ({sens["windows"]} windows of {sens["seq_len"]} tokens) with every decoder
 linear weight round-tripped through each format, and with each decoder block made the identity
 (`helpers/quantization/sensitivity.py`; `tests/test_tiny_model.py` checks the ranking and that
-every block matters, each step beyond its paired 95 % interval):
+every block matters, each step beyond its paired 95 % interval). The held-out documents are
+read as the model was trained to read them, each followed by the end-of-sequence token.
 
-| weights | perplexity | step from the row above (mean NLL per window, 95 % interval) |
-|---|---|---|
+| weights | perplexity | step from the row above (mean NLL per window, 95 % interval) | top next token changed (of {sens["changed_choices"]["int8"]["positions"]:,} positions, 95 % Wilson interval) |
+|---|---|---|---|
 {format_rows}
 
 | decoder block made the identity | perplexity | against the whole model (95 % interval) |
@@ -230,10 +234,25 @@ shop text and nothing more; no facts, no safety tuning.
     (HERE / "MODEL_CARD.md").write_text(card)
 
 
-def main(settings: dict, out: Path) -> None:
-    tokenizer, model, history, run = train(settings)
+def measure(out: Path) -> dict:
+    """What quantization and each decoder block cost the model in ``out``: the log's
+    ``sensitivity`` (helpers/quantization/sensitivity.py)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     from helpers.quantization.sensitivity import sensitivity_report
 
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    return sensitivity_report(model, AutoTokenizer.from_pretrained(out))
+
+
+def save(log: dict, out: Path) -> None:
+    (out / "training_log.json").write_text(json.dumps(log, indent=2) + "\n")
+    if out.resolve() == (HERE / "tiny-llama").resolve():
+        write_card(log)
+
+
+def main(settings: dict, out: Path) -> None:
+    tokenizer, model, history, run = train(settings)
     log = {
         "settings": settings,
         "seed": SEED,
@@ -249,14 +268,19 @@ def main(settings: dict, out: Path) -> None:
         "val_step": history["val_step"],
         "val_ppl": [round(p, 4) for p in history["val_ppl"]],
         "loss": [round(x, 6) for x in history["loss"]],
-        "sensitivity": sensitivity_report(model, tokenizer),
     }
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    (out / "training_log.json").write_text(json.dumps(log, indent=2) + "\n")
-    if out.resolve() == (HERE / "tiny-llama").resolve():
-        write_card(log)
+    # transformers 5.25 writes "TokenizersBackend", a name older releases do not know; the
+    # shipped file keeps "PreTrainedTokenizerFast", which every version the course allows loads
+    config_path = out / "tokenizer_config.json"
+    tok_config = json.loads(config_path.read_text())
+    tok_config.pop("backend", None)
+    tok_config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config_path.write_text(json.dumps(tok_config, indent=2) + "\n")
+    log["sensitivity"] = measure(out)
+    save(log, out)
     print(json.dumps({k: v for k, v in log.items() if k not in ("loss", "val_step")}, indent=2))
 
 
@@ -265,6 +289,18 @@ if __name__ == "__main__":
     for name, value in SETTINGS.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     parser.add_argument("--out", type=Path, default=HERE / "tiny-llama")
+    parser.add_argument(
+        "--measure-only",
+        action="store_true",
+        help="keep the trained model in --out; measure it again and rewrite its log's "
+        "sensitivity (and the model card)",
+    )
     args = vars(parser.parse_args())
-    out = args.pop("out")
-    main(args, out)
+    out, measure_only = args.pop("out"), args.pop("measure_only")
+    if measure_only:
+        log = json.loads((out / "training_log.json").read_text())
+        log["sensitivity"] = measure(out)
+        save(log, out)
+        print(json.dumps(log["sensitivity"], indent=2))
+    else:
+        main(args, out)

@@ -121,3 +121,53 @@ def test_bad_input_names_the_argument(twin, tokenizer, tmp_path):
         twin.pretrain(model, rows, max_steps=2, micro_batch_size=2, lr=1e-3, heldout=[])
     with pytest.raises(ValueError, match="blocks: every block must hold the same number"):
         twin.perplexity(model, [[1, 2, 3], [1, 2]])
+
+
+def test_jsonl_documents_keep_their_line_breaks_in_both_twins(tokenizer, tmp_path):
+    """A ``.jsonl`` file streams the ``"text"`` of each line, line breaks included (a rendered
+    chat), the same in both twins; the blocks are those of the documents' concatenation."""
+    import json
+
+    docs = ["<|user|>\nWhich product?\n<|assistant|>\nthe kettle", "plain line", "a\nb\nc " * 20]
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": d, "id": i}) + "\n" for i, d in enumerate(docs)))
+    expected = []
+    for ids in tokenizer(docs, add_special_tokens=False)["input_ids"]:
+        expected += ids + [tokenizer.eos_token_id]
+    expected = [expected[i : i + 8] for i in range(0, len(expected) - 7, 8)]
+    for twin in (naive, library):
+        got = [row["input_ids"] for row in twin.stream_blocks(path, tokenizer, 8)]
+        assert got == expected, twin.__name__
+
+
+@TWINS
+def test_bad_jsonl_names_file_and_line_and_mixed_kinds_are_refused(twin, tokenizer, tmp_path):
+    text = tmp_path / "a.txt"
+    text.write_text("one document\n")
+    good = tmp_path / "b.jsonl"
+    good.write_text('{"text": "one document"}\n')
+    with pytest.raises(ValueError, match="mixes .jsonl and plain text"):
+        twin.stream_blocks([text, good], tokenizer, 4)
+    if twin is naive:  # datasets raises its own error for a malformed line
+        bad = tmp_path / "c.jsonl"
+        bad.write_text('{"text": "fine"}\n{"body": "no text field"}\n')
+        with pytest.raises(ValueError, match=r"c\.jsonl, line 2: expected a JSON object"):
+            list(twin.stream_blocks(bad, tokenizer, 4))
+
+
+@TWINS
+def test_stop_after_replays_the_start_of_a_longer_run(twin, tokenizer):
+    rows = list(twin.stream_blocks(HELDOUT_TEXT, tokenizer, 32))[:16]
+    runs = {}
+    for stop in (None, 3):
+        torch.manual_seed(0)
+        model = llama_library.build_llama(small_config(len(tokenizer)))
+        runs[stop] = twin.pretrain(
+            model, rows, max_steps=6, micro_batch_size=2, lr=1e-3, warmup_steps=2,
+            progress=False, stop_after=stop,
+        )  # fmt: skip
+    assert len(runs[3]["loss"]) == 3
+    assert runs[3]["loss"] == runs[None]["loss"][:3]
+    assert runs[3]["lr"] == runs[None]["lr"][:3]  # the 6-step schedule, not a 3-step one
+    with pytest.raises(ValueError, match="stop_after"):
+        twin.pretrain(model, rows, max_steps=6, micro_batch_size=2, lr=1e-3, stop_after=7)

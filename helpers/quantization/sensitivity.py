@@ -9,6 +9,11 @@ The held-out text is cut into windows of ``seq_len`` tokens; each window's mean 
 log-likelihood (NLL) is one observation. Two weight formats are compared window by window (the
 same text under both), and the mean difference gets a normal-approximation interval,
 mean +- 1.96 standard errors: with a hundred or more windows the mean is close to normal.
+
+Perplexity is a blunt instrument on a small model of templated text: most tokens are either
+certain or a free choice among equals, and a little noise in the weights moves neither much.
+``changed_choices`` asks a sharper question: at how many positions does the model's top next
+token change (a Wilson interval on the share of positions)?
 """
 
 from __future__ import annotations
@@ -135,18 +140,52 @@ def layer_removed_nll(model: nn.Module, input_ids: torch.Tensor, seq_len: int = 
     return out
 
 
+@torch.no_grad()
+def top_choices(model: nn.Module, input_ids: torch.Tensor, seq_len: int = 128, batch_size: int = 8) -> torch.Tensor:
+    """The model's most likely next token at every position of each window: (W, seq_len)."""
+    n_windows = input_ids.numel() // seq_len
+    windows = input_ids[: n_windows * seq_len].view(n_windows, seq_len)  # (W, T)
+    out = []
+    for start in range(0, n_windows, batch_size):
+        hidden, head = evaluation.final_hidden(model, windows[start : start + batch_size], None)
+        # the head on 64 positions at a time: (b, 64, V) logits at most, never (b, T, V)
+        slices = [head(hidden[:, p : p + 64]).argmax(-1) for p in range(0, seq_len, 64)]
+        out.append(torch.cat(slices, dim=1).cpu())  # (b, T)
+    return torch.cat(out)
+
+
+def changed_choices(
+    model: nn.Module, input_ids: torch.Tensor, round_trip: Callable, seq_len: int = 128
+) -> dict[str, float]:
+    """Share of positions whose top next token changes when the linear weights take
+    ``round_trip``, with its 95 % Wilson interval."""
+    from helpers.evaluation.stats import wilson_interval
+
+    before = top_choices(model, input_ids, seq_len)
+    with measure.swapped_weights(model, round_trip):
+        after = top_choices(model, input_ids, seq_len)
+    changed, n = int((after != before).sum()), before.numel()
+    low, high = wilson_interval(changed, n)
+    return {"share": changed / n, "low": low, "high": high, "positions": n}
+
+
 def heldout_ids(tokenizer) -> torch.Tensor:
-    """``data/corpus/heldout.txt`` tokenized as one stream (documents never trained on)."""
+    """``data/corpus/heldout.txt`` (documents never trained on) as the model was trained to
+    read text: each line a document, each document followed by the end-of-sequence token."""
     from helpers.paths import HELDOUT_TEXT
 
-    text = HELDOUT_TEXT.read_text(encoding="utf-8")
-    return torch.tensor(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+    docs = HELDOUT_TEXT.read_text(encoding="utf-8").splitlines()
+    ids: list[int] = []
+    for doc in tokenizer(docs, add_special_tokens=False, verbose=False)["input_ids"]:
+        ids += doc + [tokenizer.eos_token_id]
+    return torch.tensor(ids)
 
 
 def sensitivity_report(model: nn.Module, tokenizer, seq_len: int = 128) -> dict:
-    """Perplexity per format and with each layer removed, and the paired intervals of each
-    step of the ranking fp32 -> int8 -> nf4 -> int3 -> int2 and of each removal against the
-    model as it is (differences of mean NLL per window; > 0 means worse)."""
+    """Perplexity per format and with each layer removed, the paired intervals of each step of
+    the ranking fp32 -> int8 -> nf4 -> int3 -> int2 and of each removal against the model as it
+    is (differences of mean NLL per window; > 0 means worse), and the share of positions whose
+    top next token each format changes."""
     ids = heldout_ids(tokenizer)
     nll = format_nll(model, ids, seq_len)
     removed = layer_removed_nll(model, ids, seq_len)
@@ -163,4 +202,9 @@ def sensitivity_report(model: nn.Module, tokenizer, seq_len: int = 128) -> dict:
         "layer_removed": [
             {k: round(v, 5) for k, v in paired_difference(v, nll["fp32"]).items()} for v in removed
         ],
+        "changed_choices": {
+            name: {k: round(v, 5) for k, v in changed_choices(model, ids, f, seq_len).items()}
+            for name, f in FORMATS.items()
+            if f is not None
+        },
     }
