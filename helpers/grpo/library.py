@@ -33,7 +33,9 @@ import datasets
 import torch
 from transformers import PreTrainedTokenizerBase, PrinterCallback
 from trl import GRPOConfig, GRPOTrainer
+from trl.trainer.utils import split_tensor_dict
 
+from helpers.checks import whole_number
 from helpers.dpo import adapter_kept, check_adapter
 from helpers.grpo import check_rollouts, check_settings, encode_rollouts, task_reward
 from helpers.grpo.naive import GRPOOutput
@@ -77,15 +79,29 @@ def grpo_loss(
     epsilon: float = 0.2,
     loss_type: Literal["dapo", "grpo"] = "dapo",
     old_logps: torch.Tensor | None = None,
+    rows_per_backward: int | None = None,
 ) -> GRPOOutput:
     """The GRPO loss of given rollouts as TRL's ``GRPOTrainer`` computes it.
 
     Args and returns as ``naive.grpo_loss``; ``rewards`` are what TRL got back from
     ``helpers.grpo.task_reward``, ``advantages`` and ``batch`` what its scoring step built.
+    ``rows_per_backward`` n maps to TRL's own gradient accumulation over one generation batch
+    of N = B * G rows: ``per_device_train_batch_size=n``, ``gradient_accumulation_steps`` =
+    ``steps_per_generation`` = N / n; the trainer splits the scored batch into N / n equal
+    parts (``split_tensor_dict``) and scales each part's loss by them. TRL needs n to divide N.
     """
     check_adapter(model)
     check_rollouts(records, completions, num_generations)
     beta, epsilon = check_settings(beta, epsilon, loss_type)
+    n_rows = len(completions)
+    if rows_per_backward is not None:
+        whole_number(rows_per_backward, "rows_per_backward")
+        if n_rows % rows_per_backward:
+            raise ValueError(
+                f"rows_per_backward must divide the batch's {n_rows} rows for TRL's gradient "
+                f"accumulation (its parts are equal), got {rows_per_backward}"
+            )
+    parts = 1 if rows_per_backward is None else n_rows // rows_per_backward
     prompt_ids, completion_ids = encode_rollouts(tokenizer, records, completions, num_generations)
     seen: dict[str, list[float]] = {}
 
@@ -102,7 +118,8 @@ def grpo_loss(
         config = GRPOConfig(
             output_dir=output_dir,  # nothing is saved there (save_strategy="no")
             num_generations=num_generations,
-            per_device_train_batch_size=len(completions),  # one step scores the whole batch
+            per_device_train_batch_size=n_rows // parts,  # one optimizer step: the whole batch
+            gradient_accumulation_steps=parts,  # also steps_per_generation: one generation batch
             beta=beta,
             epsilon=epsilon,
             loss_type=loss_type,
@@ -131,7 +148,15 @@ def grpo_loss(
                 )
                 raise ValueError(f"old_logps must be (N, C) = {expected}, got {got}")
             inputs["old_per_token_logps"] = old_logps.to(inputs["completion_ids"].device)
-        loss = trainer.compute_loss(model, inputs)
+        if rows_per_backward is None:
+            loss = trainer.compute_loss(model, inputs)
+        else:  # as Trainer.train does in one optimizer step (TRL shuffles the rows first)
+            trainer.current_gradient_accumulation_steps = parts
+            loss = 0.0
+            for part in split_tensor_dict(inputs, parts):
+                part_loss = trainer.compute_loss(model, part)
+                part_loss.backward()
+                loss = loss + part_loss.detach()
     batch = {
         k: inputs[k].cpu()
         for k in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
