@@ -76,8 +76,11 @@ UNSUPPORTED["10_preference"] = {
 # Share of the budget a chapter's planned peak must leave free, where its issue asks for it:
 # chapter 10 holds one model at a time so that it fits the 4 GB card and the T4 with 10 % to
 # spare (before, it held up to five copies: 3.79 GiB planned on gpu-4gb's 2.90). The training
-# terms are the profile's SFT batch (gpu-4gb: 2 x 256 tokens); chapter 10's GRPO step is larger
-# (4 prompts x 4 answers, about 16 x 84 tokens on the tiny tokenizer), which this plan misses.
+# terms are the profile's SFT batch (gpu-4gb: 2 x 256 tokens). Chapter 10's GRPO step has more
+# rows (4 prompts x 4 answers, up to 16 x 83 tokens on the tiny tokenizer), so the chapter runs
+# its backward ROWS_PER_BACKWARD rows at a time, chosen so that one backward holds no more tokens
+# than that SFT batch (helpers.grpo.naive, rows_per_backward; the same gradient as one pass).
+# Sampling the G answers (generate, no graph) is not counted beyond the cell's copies.
 SPARE = {"10_preference": 0.10}
 CAVEAT = "planned: CPU-calibrated estimates; measured rows come from data/gpu/measured.json"
 
