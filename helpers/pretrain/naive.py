@@ -163,6 +163,7 @@ def pretrain(
     eval_every: int = 50,
     progress: bool = True,
     stop_after: int | None = None,
+    schedule=None,
 ) -> dict[str, list]:
     """Train ``model`` on ``blocks`` (read in order, again from the start when they run out).
 
@@ -172,6 +173,8 @@ def pretrain(
         heldout: blocks never trained on, scored by ``perplexity`` every ``eval_every`` steps.
         stop_after: stop after this many steps, the schedule still that of ``max_steps`` (to
             replay the start of a long run).
+        schedule: ``schedule(optimizer, warmup_steps, max_steps)`` -> a torch LR scheduler, in
+            place of ``lr_schedule``.
     Returns:
         the history: ``loss`` and ``lr`` per step, ``val_step`` and ``val_ppl``.
     """
@@ -181,4 +184,4 @@ def pretrain(
     settings = dict(max_steps=max_steps, micro_batch_size=micro_batch_size, lr=lr)
     settings |= dict(warmup_steps=warmup_steps, weight_decay=weight_decay, heldout=heldout)
     settings |= dict(eval_every=eval_every, progress=progress, stop_after=stop_after)
-    return train_loop(model, blocks, settings, next_token_loss, lr_schedule, perplexity)
+    return train_loop(model, blocks, settings, next_token_loss, schedule or lr_schedule, perplexity)
