@@ -66,7 +66,9 @@ UNSUPPORTED["09_your_data"] |= {
 }
 UNSUPPORTED["11_pretraining"] = {
     name: "not predicted: the chapter trains the tiny Llama's shape on the CPU on every profile "
-    "and never loads the profile's model; its GPU figures are the planner's, printed as planned"
+    "and never loads the profile's model; on a GPU its only CUDA use is section 4's FSDP "
+    "measurement of that shape (make gpu-check runs it on t4), which a CPU run cannot predict; "
+    "its figures for larger models are the planner's, printed as planned"
     for name in ("t4", "gpu-4gb", "t4-8b", "t4x2", "p100", "gpu-bf16")
 }
 UNSUPPORTED["10_preference"] = {

@@ -11,6 +11,10 @@ takes the loss from transformers' model and the schedule from
 ``transformers.get_cosine_schedule_with_warmup``. Fed the same blocks, the two loops give the
 same losses. Neither is imported here, so importing the package costs nothing.
 
+Not a twin: ``offload.py`` (``measure_fsdp_step``) trains a fresh model a few steps under torch's
+``fully_shard``, with or without ``CPUOffloadPolicy()``, and measures its losses, seconds per
+step and, on CUDA, its peak memory (chapter 11, section 4); offload needs a GPU.
+
 The data path keeps nothing but the current group of documents in memory: lines are read,
 filtered (blank or shorter than ``min_chars``: dropped), tokenized, each followed by the
 end-of-sequence token, and a group of ``docs_per_group`` documents is concatenated and cut into

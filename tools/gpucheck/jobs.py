@@ -7,10 +7,13 @@ from helpers.hardware import CARD_TOTAL_GIB
 # The chapters each GPU profile claims (README, "What runs where"; memory_guard.UNSUPPORTED lists
 # what a chapter stops on): t4 and gpu-4gb run 00-05, 09 and 10 (10 on gpu-4gb planned to fit,
 # never measured); t4-8b chapters 00, 03 and 04 (01, 02 and 05 stop at their first cell on it).
-# Chapters 06, 07 and 08 join as they run on GPU profiles. Chapter 11 is claimed by none: its models are the tiny Llama's shape, trained on
-# the CPU on every profile, and its GPU figures are the planner's (memory_guard.UNSUPPORTED says so).
+# Chapters 06, 07 and 08 join as they run on GPU profiles. t4 also claims chapter 11: its models
+# are the tiny Llama's shape on every profile (trained on the CPU), and on a GPU section 4 trains
+# that shape a few steps under FSDP with and without CPU offload and records the peaks and the
+# slowdown (helpers/pretrain/offload.py; never run on a GPU yet). The memory guard does not
+# predict chapter 11 (memory_guard.UNSUPPORTED says why); one profile's run is enough.
 CLAIMS: dict[str, tuple[str, ...]] = {
-    "t4": ("00", "01", "02", "03", "04", "05", "09", "10"),
+    "t4": ("00", "01", "02", "03", "04", "05", "09", "10", "11"),
     "gpu-4gb": ("00", "01", "02", "03", "04", "05", "09", "10"),
     "t4-8b": ("00", "03", "04"),
 }
@@ -27,6 +30,8 @@ PARAMS: dict[str, dict] = {
     "09": {"MAX_STEPS": 6, "PARITY_STEPS": 2, "EVAL_EXAMPLES": 16, "EVAL_EVERY": 3},
     "10": {"USE_SAVED_ADAPTER": False, "SFT_STEPS": 6, "EVAL_EXAMPLES": 16, "PAIR_RECORDS": 16,
            "DPO_STEPS": 3, "GRPO_STEPS": 2},
+    "11": {"PRETRAIN_STEPS": 10, "EVAL_EVERY": 5, "HELDOUT_BLOCKS": 8, "PARITY_STEPS": 2,
+           "REPLAY_STEPS": 1, "FSDP_STEPS": 6},
 }  # fmt: skip
 PARAMS_8B = {"03": {"MAX_STEPS": 4, "SAVE_EVERY": 2, "EVAL_EXAMPLES": 8, "TRACK_STEPS": 1}}
 
