@@ -50,35 +50,47 @@ def swapped_weights(
 
 
 @torch.no_grad()
-def perplexity(
+def window_nll(
     model: nn.Module, input_ids: torch.Tensor, max_seq_len: int = 128, batch_size: int = 8
-) -> float:
-    """Token-weighted perplexity of a long token stream cut into windows of ``max_seq_len``.
+) -> torch.Tensor:
+    """Mean negative log-likelihood of each window of ``max_seq_len`` tokens of a long token
+    stream: a (W,) float64 tensor, W = L // max_seq_len (the tail is dropped).
 
     Args:
         model: a causal LM (logits for each position).
-        input_ids: int64 (L,), the held-out text, tokenized once.
+        input_ids: int64 (L,), the held-out text, tokenized once; it goes to the model's device.
         max_seq_len: window length; each window predicts its tokens 2..max_seq_len.
         batch_size: windows per forward pass. Their logits never exist all at once: the NLL
             comes from ``helpers.evaluation.naive.sequence_nll``, which applies the output head
             to slices of ``CHUNK_TOKENS`` positions (8 windows of 256 tokens of a 151,936-entry
             vocabulary would be 1.16 GiB of float32 logits, twice with log_softmax).
-
-    Returns:
-        exp(total negative log-likelihood / number of predicted tokens).
     """
+    if input_ids.dim() != 1:
+        raise ValueError(f"input_ids must be one token stream (L,), got shape {tuple(input_ids.shape)}")
     n_windows = input_ids.numel() // max_seq_len
     if n_windows == 0:
         raise ValueError(f"need at least {max_seq_len} tokens, got {input_ids.numel()}")
     windows = input_ids[: n_windows * max_seq_len].view(n_windows, max_seq_len)  # (W, T)
     device = next(model.parameters()).device
-    total_nll, total_tokens = 0.0, 0
+    out = []
     for start in range(0, n_windows, batch_size):
         batch = windows[start : start + batch_size].to(device)  # (b, T)
         nll, n_tokens = evaluation.sequence_nll(model, batch, batch)  # (b,), (b,)
-        total_nll += nll.sum().item()
-        total_tokens += int(n_tokens.sum())
-    return math.exp(total_nll / total_tokens)
+        out.append((nll.double() / n_tokens.double()).cpu())
+    return torch.cat(out)
+
+
+def perplexity(
+    model: nn.Module, input_ids: torch.Tensor, max_seq_len: int = 128, batch_size: int = 8
+) -> float:
+    """Token-weighted perplexity of a long token stream cut into windows of ``max_seq_len``
+    (see ``window_nll``; every window predicts the same number of tokens, so the mean of the
+    windows' means is the mean over tokens).
+
+    Returns:
+        exp(total negative log-likelihood / number of predicted tokens).
+    """
+    return math.exp(window_nll(model, input_ids, max_seq_len, batch_size).mean().item())
 
 
 def tensor_bytes(*tensors: torch.Tensor) -> int:

@@ -65,28 +65,17 @@ FORMATS: dict[str, Callable[[torch.Tensor], torch.Tensor] | None] = {
 }
 
 
-@torch.no_grad()
 def window_nll(
     model: nn.Module, input_ids: torch.Tensor, seq_len: int = 128, batch_size: int = 32
 ) -> torch.Tensor:
     """Mean NLL of each window of ``seq_len`` tokens of ``input_ids`` (L,): a (W,) float64
-    tensor, W = L // seq_len (the tail is dropped). The inputs go to the model's device."""
-    if input_ids.dim() != 1:
-        raise ValueError(f"input_ids must be one token stream (L,), got shape {tuple(input_ids.shape)}")
-    n_windows = input_ids.numel() // seq_len
-    if n_windows < 2:
+    tensor (``measure.window_nll``), with at least 2 windows, so that an interval exists."""
+    if input_ids.dim() == 1 and input_ids.numel() // seq_len < 2:
         raise ValueError(
             f"need at least 2 windows of seq_len={seq_len} tokens for an interval, "
             f"got {input_ids.numel()} tokens"
         )
-    windows = input_ids[: n_windows * seq_len].view(n_windows, seq_len)  # (W, T)
-    device = next(model.parameters()).device
-    out = []
-    for start in range(0, n_windows, batch_size):
-        batch = windows[start : start + batch_size].to(device)  # (b, T)
-        nll, n_tokens = evaluation.sequence_nll(model, batch, batch)  # (b,), (b,)
-        out.append((nll / n_tokens).double().cpu())
-    return torch.cat(out)
+    return measure.window_nll(model, input_ids, seq_len, batch_size)
 
 
 def paired_difference(after: torch.Tensor, before: torch.Tensor) -> dict[str, float]:
