@@ -110,8 +110,30 @@ def chapter_09_claims(r: dict) -> list[str]:
     ]
 
 
+def chapter_10_claims(r: dict) -> list[str]:
+    raising = r["dpo_sweep_settings_raising"]
+
+    def pct(share: float) -> str:
+        return f"{share * 100:.0f} %"
+
+    return [
+        f"exact match {r['exact_match_sft']:.3f} -> {r['exact_match_dpo']:.3f}",
+        f"({r['urgency_high_sft']} -> {r['urgency_high_dpo']} of 200)",
+        f"a sweep of {r['dpo_sweep_settings']} settings",
+        "raised no label beyond SFT" if raising == 0 else f"{raising} settings raised a label",
+        f"({pct(r['dpo_sweep_high_share_min'])} to {pct(r['dpo_sweep_high_share_max'])} of "
+        f"answers, SFT {pct(r['dpo_sweep_high_share_sft'])})",
+        f"GRPO's mean reward {r['grpo_reward_first_half']:.3f} -> {r['grpo_reward_last_half']:.3f}",
+    ]
+
+
 @pytest.mark.parametrize(
-    "stem, claims", [("08_two_gpus", chapter_08_claims), ("09_your_data", chapter_09_claims)]
+    "stem, claims",
+    [
+        ("08_two_gpus", chapter_08_claims),
+        ("09_your_data", chapter_09_claims),
+        ("10_preference", chapter_10_claims),
+    ],
 )
 def test_readme_row_states_what_the_stored_run_recorded(stem, claims):
     values = recorded(stem)
