@@ -146,7 +146,8 @@ def run(setting: Setting, context: dict) -> dict:
     pairs = context["pairs"][setting.pairs]
     torch.manual_seed(setting.seed)
     policy = add_lora(merged, profile.lora_r, profile.lora_alpha, profile.target_modules)
-    random.Random(setting.seed).shuffle(pairs := list(pairs))
+    pairs = list(pairs)
+    random.Random(setting.seed).shuffle(pairs)
     trainable = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=setting.lr)
     warm = 5
@@ -187,7 +188,7 @@ def run(setting: Setting, context: dict) -> dict:
                        "p_value": float(f"{test['p_value']:.4g}")}  # fmt: skip
     return {"setting": asdict(setting), "pairs": len(pairs), "fields": fields,
             "valid": round(float(table["valid"].mean()), 4),
-            "urgency_predicted": context["urgency_counts"](answers),
+            "urgency_predicted": urgency_counts(answers),
             "final_loss": round(float(np.mean(log["loss"][-5:])), 4),
             "logps_chosen": [round(log["logps/chosen"][0], 3), round(log["logps/chosen"][-1], 3)],
             "logps_rejected": [round(log["logps/rejected"][0], 3),
@@ -242,7 +243,7 @@ def context(eval_examples: int = 200, pair_records: int = 256, seed: int = 0) ->
              "balanced": balance_pairs(flipped + on_policy, train, seed)}  # fmt: skip
     merged = merge_and_unload(sft)
     return {"profile": profile, "tokenizer": tokenizer, "merged": merged, "pairs": pairs,
-            "correctness": correctness, "sft_scores": sft_scores, "urgency_counts": urgency_counts,
+            "correctness": correctness, "sft_scores": sft_scores,
             "sft_answers": sft_answers, "adapter": saved}  # fmt: skip
 
 
