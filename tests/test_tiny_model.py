@@ -1,6 +1,10 @@
-"""The shipped tiny model: reproducible from its seed with the course's helpers, and a model on
-which quantization costs what it costs (every decoder block matters; perplexity ranks
-fp32 ~ int8 < NF4 < int3 < int2, each step beyond its paired 95 % interval).
+"""The shipped tiny model: reproducible from its seed with the course's helpers, and measured for
+what quantization and each decoder block cost it. Whatever the model, removing its first block
+and rounding to int2 must cost it beyond the interval. The two criteria a model must meet to
+judge quantization well (every block matters clearly; perplexity ranks
+fp32 ~ int8 < NF4 < int3 < int2, each step beyond its paired 95 % interval) are tested too, and
+the shipped model fails both: those tests are strict expected failures, so a model that passes
+them turns them red until their marks are removed.
 
 ``COURSE_SLOW=1`` also re-runs ``data/make_tiny_model.py`` whole (about 6 minutes on two
 threads) and compares the weights.
@@ -21,8 +25,12 @@ from helpers.quantization import sensitivity
 MODEL_DIR = DATA_DIR / "tiny-llama"
 LOG = json.loads((MODEL_DIR / "training_log.json").read_text())
 REPLAY_STEPS = 51  # the log keeps every 50th loss: steps 0 and 50 (about 40 s on one thread)
+
+
 def make_tiny_model():
-    spec = importlib.util.spec_from_file_location("make_tiny_model", DATA_DIR / "make_tiny_model.py")
+    spec = importlib.util.spec_from_file_location(
+        "make_tiny_model", DATA_DIR / "make_tiny_model.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -60,7 +68,9 @@ def test_the_tokenizer_is_the_one_the_script_learns(script):
 def test_the_first_steps_replay_from_the_seed(script):
     """The start of the shipped run, re-run from the seed with the same helpers, gives the
     logged losses of steps 0 and 50 (to 1e-3: another CPU may sum in another order)."""
-    _tok, _model, history, _run = script.train(script.SETTINGS, max_steps=REPLAY_STEPS, progress=False)
+    _tok, _model, history, _run = script.train(
+        script.SETTINGS, max_steps=REPLAY_STEPS, progress=False
+    )
     replayed = history["loss"][::50]
     assert replayed == pytest.approx(LOG["losses_every_50"][:2], abs=1e-3)
     assert replayed[1] < replayed[0] - 5  # it learns: a replay of nothing would prove nothing
@@ -86,6 +96,31 @@ def test_the_measurement_sees_damage(report):
     assert -1e-3 < int8["low"] and int8["high"] < 1e-3, int8
     shares = [report["changed_choices"][f]["share"] for f in ("int8", "nf4", "int3", "int2")]
     assert shares == sorted(shares) and shares[0] < 0.005 < shares[-1]
+
+
+CLEARLY = 0.1  # nats of mean NLL per window: a block whose removal costs less barely matters
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the shipped model's blocks 1 to 3 cost under 0.1 nats each when removed "
+    "(data/MODEL_CARD.md); the recipes tried whose every block matters lost the task",
+)
+def test_every_decoder_block_matters(report):
+    """Making any one decoder block the identity raises held-out perplexity clearly: the whole
+    95 % interval of the rise lies above CLEARLY nats."""
+    for i, d in enumerate(report["layer_removed"]):
+        assert d["low"] > CLEARLY, f"block {i}: {d}"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="on the shipped model the NF4 -> int3 step's interval holds 0 (data/MODEL_CARD.md)",
+)
+def test_perplexity_ranks_the_formats_each_step_beyond_noise(report):
+    """fp32 ~ int8 < NF4 < int3 < int2: each step's paired 95 % interval lies above 0."""
+    for step in ("int8->nf4", "nf4->int3", "int3->int2"):
+        assert report["steps"][step]["low"] > 0, (step, report["steps"][step])
 
 
 def test_the_model_card_quotes_this_measurement(report):
