@@ -207,28 +207,48 @@ def write_card(log: dict) -> None:
     """Write data/MODEL_CARD.md from the training log, so its figures are the run's own."""
     st, sens = log["settings"], log["sensitivity"]
     names = list(sens["perplexity"])
-    steps = [None] + [sens["steps"][f"{a}->{b}"] for a, b in zip(names, names[1:])]
+    steps = [None] + [sens["steps"][f"{a}->{b}"] for a, b in zip(names, names[1:], strict=False)]
     choices = {"fp32": None, **sens["changed_choices"]}
+    kl = {"fp32": None, **sens["kl"]}
     format_rows = "\n".join(
         f"| {name} | {sens['perplexity'][name]} | "
         + (f"{step['mean']:+.5f} ({step['low']:+.5f} to {step['high']:+.5f})" if step else "")
         + " | "
+        + (f"{k['mean']:.6f} ({k['low']:.6f} to {k['high']:.6f})" if k else "")
+        + " | "
         + (f"{c['share']:.2%} ({c['low']:.2%} to {c['high']:.2%})" if c else "")
         + " |"
-        for name, step, c in zip(names, steps, choices.values())
+        for name, step, k, c in zip(names, steps, kl.values(), choices.values(), strict=True)
     )
     layer_rows = "\n".join(
         f"| {i} | {ppl} | {d['mean']:+.4f} ({d['low']:+.4f} to {d['high']:+.4f}) |"
-        for i, (ppl, d) in enumerate(zip(sens["layer_removed_perplexity"], sens["layer_removed"]))
+        for i, (ppl, d) in enumerate(
+            zip(sens["layer_removed_perplexity"], sens["layer_removed"], strict=True)
+        )
     )
     unseen = [step for step, d in sens["steps"].items() if d["low"] <= 0 and step != "fp32->int8"]
     weak = [str(i) for i, d in enumerate(sens["layer_removed"]) if d["low"] < 0.1]
+    kl_unseen = [step for step, d in sens["kl_steps"].items() if d["low"] <= 0]
     verdict = (
         "By perplexity this model "
-        + (f"cannot tell {', '.join(s.replace('->', ' from ') for s in unseen)} (their intervals hold 0)" if unseen else
-           "ranks every format beyond its interval")
-        + (f", and removing block(s) {', '.join(weak)} costs under 0.1 nats: its layers barely "
-           "matter, so it is a weak judge of quantization." if weak else ".")
+        + (
+            f"cannot resolve the step(s) {', '.join(s.replace('->', ' to ') for s in unseen)} "
+            "(the interval of each holds 0)"
+            if unseen
+            else "ranks every format beyond its interval"
+        )
+        + "; by the KL divergence from its full-precision self it "
+        + (
+            f"cannot resolve the step(s) {', '.join(s.replace('->', ' to ') for s in kl_unseen)}"
+            if kl_unseen
+            else "ranks every format, each step beyond its interval"
+        )
+        + (
+            f". Removing block(s) {', '.join(weak)} costs under 0.1 nats: its layers barely "
+            "matter, so it is a weak judge of quantization."
+            if weak
+            else ". Removing any one decoder block costs it more than 0.1 nats."
+        )
     )
     rep = log.get("reproduced")
     reproduced = (
@@ -267,8 +287,13 @@ linear weight round-tripped through each format, and with each decoder block mad
 what the model measures). The held-out documents are read as the model was trained to read
 them, each followed by the end-of-sequence token. {verdict}
 
-| weights | perplexity | step from the row above (mean NLL per window, 95 % interval) | top next token changed (of {sens["changed_choices"]["int8"]["positions"]:,} positions, 95 % Wilson interval) |
-|---|---|---|---|
+Why perplexity and KL can disagree: the held-out NLL moves by a first-order term of random
+sign (the quantization error against the held-out gradient) plus the cost of lost precision;
+the KL divergence (nats per position, from the full-precision model's next-token distribution
+to the quantized one's) is that cost alone (`helpers/quantization/sensitivity.py` explains).
+
+| weights | perplexity | step from the row above (mean NLL per window, 95 % interval) | KL from fp32 (95 % interval) | top next token changed (of {sens["changed_choices"]["int8"]["positions"]:,} positions, 95 % Wilson interval) |
+|---|---|---|---|---|
 {format_rows}
 
 | decoder block made the identity | perplexity | against the whole model (95 % interval) |

@@ -14,6 +14,15 @@ Perplexity is a blunt instrument on a small model of templated text: most tokens
 certain or a free choice among equals, and a little noise in the weights moves neither much.
 ``changed_choices`` asks a sharper question: at how many positions does the model's top next
 token change (a Wilson interval on the share of positions)?
+
+Why a perplexity step can hide a real cost: quantization moves the weights by an error e, and
+the held-out NLL moves by g.e + e.H.e / 2 (gradient g, curvature H). The second term is the cost
+of lost precision and is never negative; the first has whatever sign the error happens to have
+against the held-out gradient, which is not zero on text the model was not trained on. When the
+format is fine (NF4 on a small model) the two are of one size, and the step's sign is luck.
+``window_kl`` measures the second term alone: the KL divergence from the full-precision model's
+next-token distribution to the quantized one's, position by position (zero only if the format
+changes nothing, larger the more it changes).
 """
 
 from __future__ import annotations
@@ -85,8 +94,12 @@ def paired_difference(after: torch.Tensor, before: torch.Tensor) -> dict[str, fl
             f"need two per-window NLLs of one shape with 2+ windows, got {tuple(after.shape)} "
             f"and {tuple(before.shape)}"
         )
-    diff = (after - before).double()
-    mean, se = diff.mean().item(), diff.std().item() / math.sqrt(diff.numel())
+    return _mean_interval((after - before).double())
+
+
+def _mean_interval(x: torch.Tensor) -> dict[str, float]:
+    """Mean of per-window values with its 95 % interval (normal approximation)."""
+    mean, se = x.mean().item(), x.std().item() / math.sqrt(x.numel())
     return {"mean": mean, "low": mean - Z95 * se, "high": mean + Z95 * se}
 
 
@@ -143,6 +156,51 @@ def top_choices(model: nn.Module, input_ids: torch.Tensor, seq_len: int = 128, b
     return torch.cat(out)
 
 
+@torch.no_grad()
+def final_hidden_states(
+    model: nn.Module, input_ids: torch.Tensor, seq_len: int = 128, batch_size: int = 8
+) -> torch.Tensor:
+    """The decoder's last hidden states for each window of ``seq_len`` tokens: (W, seq_len, H)
+    on the CPU. Every format shares the output head (it is never quantized), so these are all a
+    format changes; keeping them, not the logits, keeps the memory at H, not the vocabulary."""
+    n_windows = input_ids.numel() // seq_len
+    windows = input_ids[: n_windows * seq_len].view(n_windows, seq_len)  # (W, T)
+    out = []
+    for start in range(0, n_windows, batch_size):
+        hidden, _head = evaluation.final_hidden(model, windows[start : start + batch_size], None)
+        out.append(hidden.float().cpu())  # (b, T, H)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def window_kl(
+    model: nn.Module, base: torch.Tensor, input_ids: torch.Tensor, round_trip: Callable,
+    seq_len: int = 128, batch_size: int = 8,
+) -> torch.Tensor:  # fmt: skip
+    """Mean KL(full precision || ``round_trip``) per position of each window: a (W,) float64
+    tensor, in nats. ``base``: ``final_hidden_states`` of the model as it is, on the same
+    ``input_ids``."""
+    with measure.swapped_weights(model, round_trip):
+        after = final_hidden_states(model, input_ids, seq_len, batch_size)
+    if after.shape != base.shape:
+        raise ValueError(f"base hidden states {tuple(base.shape)} are not of these windows {tuple(after.shape)}")
+    head = model.get_output_embeddings()
+    device = head.weight.device
+    out = []
+    for b, a in zip(base.split(batch_size), after.split(batch_size), strict=True):
+        # the head on 64 positions at a time: (b, 64, V) logits at most
+        kl = [
+            torch.nn.functional.kl_div(
+                torch.log_softmax(head(a[:, p : p + 64].to(device)).float(), -1),
+                torch.log_softmax(head(b[:, p : p + 64].to(device)).float(), -1),
+                log_target=True, reduction="none",
+            ).sum(-1)  # (b, 64)
+            for p in range(0, seq_len, 64)
+        ]  # fmt: skip
+        out.append(torch.cat(kl, dim=1).mean(1).double().cpu())
+    return torch.cat(out)
+
+
 def changed_choices(
     model: nn.Module, input_ids: torch.Tensor, round_trip: Callable, seq_len: int = 128
 ) -> dict[str, float]:
@@ -158,12 +216,14 @@ def changed_choices(
     return {"share": changed / n, "low": low, "high": high, "positions": n}
 
 
-def heldout_ids(tokenizer) -> torch.Tensor:
+def heldout_ids(tokenizer, n_docs: int | None = None) -> torch.Tensor:
     """``data/corpus/heldout.txt`` (documents never trained on) as the model was trained to
-    read text: each line a document, each document followed by the end-of-sequence token."""
+    read text: each line a document, each document followed by the end-of-sequence token (read
+    as one string, the lines would meet at newlines the model never saw between documents, and
+    its perplexity would double on the tiny model). ``n_docs``: the first n documents only."""
     from helpers.paths import HELDOUT_TEXT
 
-    docs = HELDOUT_TEXT.read_text(encoding="utf-8").splitlines()
+    docs = HELDOUT_TEXT.read_text(encoding="utf-8").splitlines()[:n_docs]
     ids: list[int] = []
     for doc in tokenizer(docs, add_special_tokens=False, verbose=False)["input_ids"]:
         ids += doc + [tokenizer.eos_token_id]
@@ -173,12 +233,17 @@ def heldout_ids(tokenizer) -> torch.Tensor:
 def sensitivity_report(model: nn.Module, tokenizer, seq_len: int = 128) -> dict:
     """Perplexity per format and with each layer removed, the paired intervals of each step of
     the ranking fp32 -> int8 -> nf4 -> int3 -> int2 and of each removal against the model as it
-    is (differences of mean NLL per window; > 0 means worse), and the share of positions whose
-    top next token each format changes."""
+    is (differences of mean NLL per window; > 0 means worse), the KL divergence each format
+    puts between the model's next-token distributions and its own (``window_kl``), with the
+    paired intervals of each step of the same ranking, and the share of positions whose top
+    next token each format changes."""
     ids = heldout_ids(tokenizer)
     nll = format_nll(model, ids, seq_len)
     removed = layer_removed_nll(model, ids, seq_len)
     names = list(FORMATS)
+    base = final_hidden_states(model, ids, seq_len)
+    kl = {name: torch.zeros(base.shape[0], dtype=torch.float64) if f is None
+          else window_kl(model, base, ids, f, seq_len) for name, f in FORMATS.items()}  # fmt: skip
     return {
         "windows": int(nll["fp32"].numel()),
         "seq_len": seq_len,
@@ -186,6 +251,15 @@ def sensitivity_report(model: nn.Module, tokenizer, seq_len: int = 128) -> dict:
         "steps": {
             f"{a}->{b}": {k: round(v, 5) for k, v in paired_difference(nll[b], nll[a]).items()}
             for a, b in zip(names, names[1:])
+        },
+        "kl": {
+            name: {k: round(v, 7) for k, v in _mean_interval(v).items()}
+            for name, v in kl.items()
+            if FORMATS[name] is not None
+        },
+        "kl_steps": {
+            f"{a}->{b}": {k: round(v, 7) for k, v in paired_difference(kl[b], kl[a]).items()}
+            for a, b in zip(names, names[1:], strict=False)
         },
         "layer_removed_perplexity": [round(math.exp(v.mean().item()), 4) for v in removed],
         "layer_removed": [
