@@ -102,13 +102,11 @@ def test_the_measurement_sees_damage(report):
 
 def test_kl_ranks_every_format_each_step_beyond_noise(report):
     """fp32 < int8 < NF4 < int3 < int2 by the KL divergence from the full-precision model's
-    next-token distributions: each step's paired 95 % interval lies above 0, int8's whole KL
-    is tiny, and the top next token changes more often with each coarser format."""
+    next-token distributions: each step's paired 95 % interval lies above 0, and int8's whole
+    KL is tiny."""
     for step, d in report["kl_steps"].items():
         assert d["low"] > 0, (step, d)
     assert report["kl"]["int8"]["high"] < 1e-4, report["kl"]["int8"]
-    shares = [report["changed_choices"][f]["share"] for f in ("int8", "nf4", "int3", "int2")]
-    assert shares == sorted(shares) and shares[0] < 0.005 < shares[-1]
 
 
 CLEARLY = 0.1  # nats of mean NLL per window: a block whose removal costs less barely matters
@@ -186,3 +184,19 @@ def test_window_kl_is_zero_for_no_change_and_the_direct_kl_otherwise():
     direct = (p.exp() * (p - q)).sum(-1).mean(-1)  # (W,)
     assert (kl > 0).all()
     torch.testing.assert_close(kl, direct, rtol=1e-4, atol=1e-7)
+
+
+def test_window_kl_feeds_the_head_in_its_own_dtype():
+    """The stored states are fp32; a half-precision model's head gets them in its dtype (a
+    GPU profile's fp16 head would otherwise refuse fp32 input)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)  # fmt: skip
+    model = LlamaForCausalLM(config).to(torch.bfloat16).eval()
+    ids = torch.randint(0, 97, (2 * 32,))
+    base = sensitivity.final_hidden_states(model, ids, seq_len=32)
+    assert base.dtype == torch.float32
+    kl = sensitivity.window_kl(model, base, ids, sensitivity.FORMATS["int2"], seq_len=32)
+    assert kl.shape == (2,) and torch.isfinite(kl).all() and (kl > 0).all()

@@ -183,16 +183,19 @@ def window_kl(
     with measure.swapped_weights(model, round_trip):
         after = final_hidden_states(model, input_ids, seq_len, batch_size)
     if after.shape != base.shape:
-        raise ValueError(f"base hidden states {tuple(base.shape)} are not of these windows {tuple(after.shape)}")
+        raise ValueError(
+            f"base hidden states {tuple(base.shape)} are not of these windows {tuple(after.shape)}"
+        )
     head = model.get_output_embeddings()
-    device = head.weight.device
+    # the states are fp32 on the CPU; the head may be fp16 on a GPU
+    to_head = {"device": head.weight.device, "dtype": head.weight.dtype}
     out = []
     for b, a in zip(base.split(batch_size), after.split(batch_size), strict=True):
         # the head on 64 positions at a time: (b, 64, V) logits at most
         kl = [
             torch.nn.functional.kl_div(
-                torch.log_softmax(head(a[:, p : p + 64].to(device)).float(), -1),
-                torch.log_softmax(head(b[:, p : p + 64].to(device)).float(), -1),
+                torch.log_softmax(head(a[:, p : p + 64].to(**to_head)).float(), -1),
+                torch.log_softmax(head(b[:, p : p + 64].to(**to_head)).float(), -1),
                 log_target=True, reduction="none",
             ).sum(-1)  # (b, 64)
             for p in range(0, seq_len, 64)
