@@ -61,15 +61,18 @@ SEQ_LEN = 128
 SEED = 0
 # The run that made data/tiny-llama (the defaults of the command line).
 SETTINGS = {
-    "steps": 500,
+    "steps": 1500,
     "batch_size": 16,
     "lr": 3e-3,
     "warmup_steps": 25,
     "weight_decay": 0.1,
     "init_std": 0.02,
-    "threads": 1,
+    "threads": 2,
     "sampling": "random",  # "random": rows drawn with replacement; "stream": read in order
     "schedule": "warmup_times_cosine",  # or "warmup_then_cosine" (pretrain's lr_schedule)
+    "layers": 2,
+    "hidden": 256,
+    "intermediate": 640,
 }
 
 
@@ -91,13 +94,15 @@ def make_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def model_config(tokenizer: PreTrainedTokenizerFast, init_std: float) -> LlamaConfig:
+def model_config(
+    tokenizer: PreTrainedTokenizerFast, init_std: float, layers: int, hidden: int, intermediate: int
+) -> LlamaConfig:
     # Hidden and intermediate sizes are multiples of 64, so 4-bit blocks of 64 fit exactly.
     return LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=256,
-        intermediate_size=640,
-        num_hidden_layers=4,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=256,
@@ -173,7 +178,13 @@ def train(settings: dict, max_steps: int | None = None, progress: bool = True):
     tokenizer = make_tokenizer()
     heldout = heldout_blocks(tokenizer)
     torch.manual_seed(SEED)
-    config = model_config(tokenizer, settings["init_std"])
+    config = model_config(
+        tokenizer,
+        settings["init_std"],
+        settings["layers"],
+        settings["hidden"],
+        settings["intermediate"],
+    )
     random_ppl = pretrain.perplexity(build_llama(config), heldout)  # a random twin, then the model
     model = build_llama(config)
     with tempfile.TemporaryDirectory() as tmp:
@@ -267,7 +278,8 @@ offline on a CPU. Made by `data/make_tiny_model.py` from `data/corpus/pretrain.t
 | | |
 |---|---|
 | parameters | {log["parameters"]:,} |
-| architecture | LlamaForCausalLM: 4 layers, hidden 256, intermediate 640, 4 heads (2 KV heads), RoPE |
+| architecture | LlamaForCausalLM: {st["layers"]} layers, hidden {st["hidden"]}, intermediate \
+{st["intermediate"]}, 4 heads (2 KV heads), RoPE |
 | tokenizer | byte-level BPE trained with `tokenizers`, {log["vocab_size"]:,} tokens (the corpus \
 ran out of merges below the {VOCAB_SIZE:,} asked for), chat template |
 | pretraining | {st["steps"]:,} steps of {st["batch_size"]} x {log["seq_len"]} tokens \

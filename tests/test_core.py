@@ -48,7 +48,7 @@ def test_unreachable_hub_id_names_the_tiny_profile():
 
 
 def test_unquantized_model_too_large_for_the_gpu_is_refused_first(tiny_profile, monkeypatch):
-    # A GPU with 1 MiB free: the tiny model's 3.5M fp32 parameters (13 MiB) do not fit.
+    # A GPU with 1 MiB free: the tiny model's 2.1M fp32 parameters (8 MiB) do not fit.
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda *a: 1.0)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (2**20, 16 * 2**30))
@@ -56,7 +56,7 @@ def test_unquantized_model_too_large_for_the_gpu_is_refused_first(tiny_profile, 
         load_model(tiny_profile, load_in_4bit=False)
     message = str(err.value)
     assert "'tiny'" in message and "load_in_4bit=True" in message and "PROFILE='t4'" in message
-    assert "3.5M parameters, 13.3 MiB in float32" in message and "1.0 MiB free" in message
+    assert "2.1M parameters, 8.0 MiB in float32" in message and "1.0 MiB free" in message
     # With room to spare the check passes (and a real load would go ahead).
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (16 * 2**30, 16 * 2**30))
     check_fits_unquantized(tiny_profile)
@@ -69,14 +69,14 @@ def test_a_memory_cap_counts_though_the_device_is_free(tiny_profile, monkeypatch
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (16 * 2**30, 16 * 2**30))
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda *a: 2**20)
-    cap = 41 * 2**20  # 41 MiB allowed, 1 MiB of it reserved already: 40 MiB left
+    cap = 21 * 2**20  # 21 MiB allowed, 1 MiB of it reserved already: 20 MiB left
     monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda *a: cap / 2**34)
-    check_fits_unquantized(tiny_profile)  # 13.3 MiB of weights < 90 % of 40 MiB
-    with pytest.raises(ModelTooLargeError, match=r"\(3.5x that to train it\).*40.0 MiB free"):
-        check_fits_unquantized(tiny_profile, headroom=3.5)  # 46.6 MiB > 36 MiB
-    small = 11 * 2**20  # 10 MiB left under the cap: the weights alone do not fit
+    check_fits_unquantized(tiny_profile)  # 8.0 MiB of weights < 90 % of 20 MiB
+    with pytest.raises(ModelTooLargeError, match=r"\(3.5x that to train it\).*20.0 MiB free"):
+        check_fits_unquantized(tiny_profile, headroom=3.5)  # 28.0 MiB > 18 MiB
+    small = 9 * 2**20  # 8 MiB left under the cap: the weights alone (8.0 MiB) do not fit in 90 %
     monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda *a: small / 2**34)
-    with pytest.raises(ModelTooLargeError, match=r"10.0 MiB free"):
+    with pytest.raises(ModelTooLargeError, match=r"8.0 MiB free"):
         check_fits_unquantized(tiny_profile)
 
 

@@ -244,7 +244,7 @@ def test_gptq_sweep_refuses_a_result_of_another_layer(tiny_weights):
 
     weight, h = _calibrated(tiny_weights)
     result = naive.gptq_quantize(weight, h)
-    other = tiny_weights["model.layers.2.self_attn.o_proj.weight"]
+    other = tiny_weights["model.layers.0.self_attn.o_proj.weight"]
     with pytest.raises(ValueError, match="result does not come from this weight"):
         figures.gptq_sweep(other, h, result)
     with pytest.raises(ValueError, match="percdamp=0.5"):

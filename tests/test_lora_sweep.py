@@ -122,7 +122,7 @@ def test_run_point_scores_and_leaves_the_base_unchanged(tiny_profile, tiny_token
                              alpha=4.0, seed=0, steps=(1, 2), train_kwargs=kwargs)  # fmt: skip
     assert [s["steps"] for s in result["scores"]] == [1, 2]
     assert all(0.0 <= s["exact_match"] <= 1.0 for s in result["scores"])
-    assert result["trainable"] == 4 * 2 * (256 + 256)  # A (r, in) + B (out, r), 4 layers
+    assert result["trainable"] == 2 * 2 * (256 + 256)  # A (r, in) + B (out, r), 2 layers
     after = model.state_dict()
     assert set(after) == set(before)
     assert all(torch.equal(after[k], before[k]) for k in before)

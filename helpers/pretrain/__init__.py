@@ -174,7 +174,9 @@ def train_loop(model, blocks, settings: dict, loss_fn, schedule_fn, perplexity_f
     batches = micro_batches(blocks, s["micro_batch_size"])
     last = check_stop_after(s["stop_after"], s["max_steps"])
     if not callable(schedule_fn):
-        raise TypeError(f"schedule must be a function (optimizer, warmup_steps, max_steps), got {schedule_fn!r}")
+        raise TypeError(
+            f"schedule must be a function (optimizer, warmup_steps, max_steps), got {schedule_fn!r}"
+        )
     model.train()
     for step in tqdm(range(1, last + 1), desc="pretraining", disable=not s["progress"]):
         loss = loss_fn(model, next(batches))

@@ -66,7 +66,9 @@ def window_nll(
             vocabulary would be 1.16 GiB of float32 logits, twice with log_softmax).
     """
     if input_ids.dim() != 1:
-        raise ValueError(f"input_ids must be one token stream (L,), got shape {tuple(input_ids.shape)}")
+        raise ValueError(
+            f"input_ids must be one token stream (L,), got shape {tuple(input_ids.shape)}"
+        )
     n_windows = input_ids.numel() // max_seq_len
     if n_windows == 0:
         raise ValueError(f"need at least {max_seq_len} tokens, got {input_ids.numel()}")

@@ -53,7 +53,9 @@ def nf4_round_trip(w: torch.Tensor) -> torch.Tensor:
     return quant.dequantize_nf4(packed, absmax, w.shape, dtype=w.dtype)
 
 
-def rtn_round_trip(bits: int, blocksize: int = RTN_BLOCKSIZE) -> Callable[[torch.Tensor], torch.Tensor]:
+def rtn_round_trip(
+    bits: int, blocksize: int = RTN_BLOCKSIZE
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """Round to nearest on ``2**bits - 1`` evenly spaced levels in [-1, 1] times each block's
     absmax (symmetric, with a zero: int3 has 7 levels, int2 three)."""
     code = quant.linear_codebook(bits)
@@ -103,7 +105,9 @@ def _mean_interval(x: torch.Tensor) -> dict[str, float]:
     return {"mean": mean, "low": mean - Z95 * se, "high": mean + Z95 * se}
 
 
-def format_nll(model: nn.Module, input_ids: torch.Tensor, seq_len: int = 128) -> dict[str, torch.Tensor]:
+def format_nll(
+    model: nn.Module, input_ids: torch.Tensor, seq_len: int = 128
+) -> dict[str, torch.Tensor]:
     """Per-window NLL with every linear weight (but the output head) in each of ``FORMATS``."""
     out = {}
     for name, round_trip in FORMATS.items():
@@ -124,7 +128,9 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 
 @torch.no_grad()
-def layer_removed_nll(model: nn.Module, input_ids: torch.Tensor, seq_len: int = 128) -> list[torch.Tensor]:
+def layer_removed_nll(
+    model: nn.Module, input_ids: torch.Tensor, seq_len: int = 128
+) -> list[torch.Tensor]:
     """Per-window NLL with each decoder block in turn made the identity: the attention's and the
     MLP's output projections zeroed, so the block adds nothing to the residual stream. The
     weights come back after each, even after an error."""
@@ -137,13 +143,15 @@ def layer_removed_nll(model: nn.Module, input_ids: torch.Tensor, seq_len: int = 
                 w.zero_()
             out.append(window_nll(model, input_ids, seq_len))
         finally:
-            for w, s in zip(outputs, saved):
+            for w, s in zip(outputs, saved, strict=True):
                 w.copy_(s)
     return out
 
 
 @torch.no_grad()
-def top_choices(model: nn.Module, input_ids: torch.Tensor, seq_len: int = 128, batch_size: int = 8) -> torch.Tensor:
+def top_choices(
+    model: nn.Module, input_ids: torch.Tensor, seq_len: int = 128, batch_size: int = 8
+) -> torch.Tensor:
     """The model's most likely next token at every position of each window: (W, seq_len)."""
     n_windows = input_ids.numel() // seq_len
     windows = input_ids[: n_windows * seq_len].view(n_windows, seq_len)  # (W, T)
@@ -253,7 +261,7 @@ def sensitivity_report(model: nn.Module, tokenizer, seq_len: int = 128) -> dict:
         "perplexity": {k: round(math.exp(v.mean().item()), 4) for k, v in nll.items()},
         "steps": {
             f"{a}->{b}": {k: round(v, 5) for k, v in paired_difference(nll[b], nll[a]).items()}
-            for a, b in zip(names, names[1:])
+            for a, b in zip(names, names[1:], strict=False)
         },
         "kl": {
             name: {k: round(v, 7) for k, v in _mean_interval(v).items()}
