@@ -20,7 +20,7 @@ from helpers.report import load_results
 from helpers.sft import byod
 from tools.course import execute
 
-ORDERS_STEPS = 150  # data/orders/DATA_CARD.md: every field passes its majority rate by then
+ORDERS_STEPS = 300  # data/orders/DATA_CARD.md: every field passes its majority rate by then
 MARGIN = 0.1  # accuracy above the majority rate that counts as learned (50 items: 5 answers)
 
 

@@ -3,6 +3,7 @@ loader accepts the files as they are, and the labels follow from the messages.""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 
@@ -86,3 +87,21 @@ def test_the_answer_copies_the_products_distinguishing_token(script, tiny_tokeni
         answer_first.add(value[0])
         answer_rest.add(tuple(value[1:]))
     assert len(answer_first) == 1 and len(answer_rest) == len(script.PRODUCTS)
+
+
+def test_the_learning_curve_script_scores_as_the_card_says():
+    """data/orders_learning_curve.py made DATA_CARD.md's table: its majority row is the card's,
+    and it trains and scores a run end to end (one step here; the card's rows take minutes)."""
+    spec = importlib.util.spec_from_file_location(
+        "orders_learning_curve", DATA_DIR / "orders_learning_curve.py"
+    )
+    curve = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(curve)
+    rows = dict(curve.curve([1]))
+    card = (DATA_DIR / "orders" / "DATA_CARD.md").read_text()
+    majority = rows["majority baseline"]
+    assert (
+        "| majority baseline | " + " | ".join(f"{majority[f]:.2f}" for f in curve.FIELDS) + " |"
+    ) in card
+    assert set(rows) == {"majority baseline", "1"}
+    assert all(0 <= rows["1"][f] <= 1 for f in curve.FIELDS)

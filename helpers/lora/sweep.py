@@ -2,8 +2,11 @@
 
 A converged sweep over ranks, target sets and seeds takes minutes on a CPU, too long for a
 chapter that must run in well under a minute. So this module runs it from the command line
-and writes a JSON file the chapter loads and plots; the chapter re-runs one point live (the
-profile's own rank, its main training run) to show the file reproduces.
+and writes a JSON file the chapter loads and plots; the chapter scores its main training run
+(the profile's own rank) beside the file's point of the same length. Each run here reaches its
+later lengths by continuing with a reshuffled data order, so only at the first length is the
+file's seed-``SEED`` point the same run as the chapter's; at others the chapter checks that its
+score lies within the seeds' range.
 
     python -m helpers.lora.sweep                      # writes data/results/lora_sweep.json
     python -m helpers.lora.sweep --seeds 0 --steps 50 100 --out /tmp/sweep.json  # a quick one
