@@ -6,7 +6,9 @@ The answers are given, not generated: G = 4 per prompt, from right to unreadable
 reward spreads within each group. ``old_logps`` away from the policy's own make the ratio leave
 [1 - epsilon, 1 + epsilon], so the clipping is exercised; ``beta > 0`` adds the KL term.
 
-Measured on a 2-core CPU (torch 2.13, trl 1.16), fp32: loss within 1e-7, advantages equal,
+Measured on a 2-core CPU (torch 2.13, trl 1.16) on the course's previous tiny model (4 blocks,
+until 2026-12-06; not re-measured on the 2-block one, on which the tolerances still hold: these
+tests pass), fp32: loss within 1e-7, advantages equal,
 LoRA gradients within 8.4e-7 of their norm. Tolerance 1e-5 for both. Each deliberate mistake
 below moves the gradients by a share of their norm far above that: no clipping 25 %, no ratio
 weight on the KL term 7.4 % (7.7 % in bf16, 7.4 % in fp16), rewards not divided by the group's
