@@ -28,6 +28,7 @@ Usage: python data/make_tiny_model.py [--steps N] [--threads 2] [--out DIR]
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import random
@@ -218,7 +219,7 @@ def write_card(log: dict) -> None:
     """Write data/MODEL_CARD.md from the training log, so its figures are the run's own."""
     st, sens = log["settings"], log["sensitivity"]
     names = list(sens["perplexity"])
-    steps = [None] + [sens["steps"][f"{a}->{b}"] for a, b in zip(names, names[1:], strict=False)]
+    steps = [None] + [sens["steps"][f"{a}->{b}"] for a, b in itertools.pairwise(names)]
     choices = {"fp32": None, **sens["changed_choices"]}
     kl = {"fp32": None, **sens["kl"]}
     format_rows = "\n".join(

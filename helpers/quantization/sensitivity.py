@@ -27,6 +27,7 @@ changes nothing, larger the more it changes).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 
@@ -261,7 +262,7 @@ def sensitivity_report(model: nn.Module, tokenizer, seq_len: int = 128) -> dict:
         "perplexity": {k: round(math.exp(v.mean().item()), 4) for k, v in nll.items()},
         "steps": {
             f"{a}->{b}": {k: round(v, 5) for k, v in paired_difference(nll[b], nll[a]).items()}
-            for a, b in zip(names, names[1:], strict=False)
+            for a, b in itertools.pairwise(names)
         },
         "kl": {
             name: {k: round(v, 7) for k, v in _mean_interval(v).items()}
@@ -270,7 +271,7 @@ def sensitivity_report(model: nn.Module, tokenizer, seq_len: int = 128) -> dict:
         },
         "kl_steps": {
             f"{a}->{b}": {k: round(v, 7) for k, v in paired_difference(kl[b], kl[a]).items()}
-            for a, b in zip(names, names[1:], strict=False)
+            for a, b in itertools.pairwise(names)
         },
         "layer_removed_perplexity": [round(math.exp(v.mean().item()), 4) for v in removed],
         "layer_removed": [
