@@ -33,7 +33,7 @@ from helpers.paths import PACKAGE_DIR, REPO_ROOT
 # that, tag it COURSE_REF, push both. A fork: `python -m tools.release pin --repo URL --ref TAG`.
 COURSE_REPO_URL = "https://github.com/budget-finetuning/course"
 COURSE_REF = "v0.1.0"  # the tag the badges and the website open
-COURSE_COMMIT = "2ebdd8ffae7e6818146a57a3a34985402e8bf715"  # the commit the set-up cell fetches
+COURSE_COMMIT = "eeac906afcca8ae7521e4ed7bc75435803a4333b"  # the commit the set-up cell fetches
 COURSE_DIR = "budget-finetuning-course"  # the folder the set-up cell fetches into
 _GITHUB = "https://github.com/"
 if not COURSE_REPO_URL.startswith(_GITHUB) or COURSE_REPO_URL.count("/") != 4:
